@@ -1,0 +1,49 @@
+import { ServiceBroker } from "moleculer";
+import { brokerConfig } from "../moleculer.config";
+import { migrate } from "../lib/db";
+import { startEmbeddedPostgres } from "../lib/embedded-postgres";
+import { selectServices } from "../services";
+
+const DB_SERVICES = ["deployments", "subscriptions", "inventory", "dns", "provisioning", "billing"];
+
+/**
+ * One node: the services named in SERVICES (all by default). Without DATABASE_URL it runs on the embedded
+ * PostgreSQL, so `npm install && npm start` needs nothing else on the machine.
+ */
+async function main() {
+  const services = selectServices();
+  const needsDb = services.some((s) => DB_SERVICES.includes(s.name as string));
+  let embedded: Awaited<ReturnType<typeof startEmbeddedPostgres>> | null = null;
+  if (needsDb && !process.env.DATABASE_URL) {
+    embedded = await startEmbeddedPostgres();
+    process.env.DATABASE_URL = embedded.url;
+    process.env.DB_POOL_MAX = "1";
+  }
+  if (needsDb) await migrate();
+
+  const broker = new ServiceBroker({
+    ...brokerConfig(),
+    stopped: async () => {
+      await embedded?.stop();
+    },
+  });
+  services.forEach((s) => broker.createService(s));
+  await broker.start();
+
+  if (services.some((s) => s.name === "api")) {
+    const port = process.env.PORT ?? 3000;
+    const base = `http://127.0.0.1:${port}/api/v1`;
+    console.log(`
+arcadia-cloud is up${embedded ? ` (embedded PostgreSQL in ${embedded.dataDir})` : ""}: ${base}
+  get a token:   TOKEN=$(npm run --silent token -- --tenant acme --roles admin)
+  first call:    curl -s -H "Authorization: Bearer $TOKEN" ${base}/deployments
+  operator:      npm run --silent token -- --roles platform-admin
+`);
+  }
+  if (process.argv.includes("--repl")) broker.repl();
+}
+
+main().catch((err) => {
+  console.error(err);
+  process.exit(1);
+});

@@ -1,0 +1,47 @@
+import type { Context } from "moleculer";
+import { forbidden, unauthorized } from "./errors";
+
+/** The small user the gateway puts on ctx.meta.user after verifying the token. */
+export interface User {
+  sub: string;
+  tenant_id: string | null;
+  roles: string[];
+  operator: boolean;
+}
+
+export const OPERATOR_ROLE = "platform-admin";
+
+export function makeUser(claims: { sub: string; tenant_id?: string | null; roles?: string[] }): User {
+  const roles = Array.isArray(claims.roles) ? claims.roles.filter((r) => typeof r === "string") : [];
+  // Exactly the hyphenated spelling arcadia-app issues; "platform_admin" grants nothing.
+  return { sub: claims.sub, tenant_id: claims.tenant_id ?? null, roles, operator: roles.includes(OPERATOR_ROLE) };
+}
+
+/** Internal callers (the provisioning saga) act as this operator-level system user. */
+export const systemUser = (name: string): User => ({ sub: `system:${name}`, tenant_id: null, roles: [OPERATOR_ROLE], operator: true });
+
+export function currentUser(ctx: Context): User {
+  const user = (ctx.meta as { user?: User }).user;
+  if (!user || typeof user.sub !== "string") throw unauthorized("No authenticated user on this call", "NO_TOKEN");
+  return user;
+}
+
+export function requireOperator(ctx: Context): User {
+  const user = currentUser(ctx);
+  if (!user.operator) throw forbidden();
+  return user;
+}
+
+/**
+ * The tenant a query must be limited to: null for operators (all tenants), the caller's own otherwise.
+ * Objects outside it are reported as absent (404), never as forbidden.
+ */
+export function tenantScope(user: User): string | null {
+  if (user.operator) return null;
+  if (!user.tenant_id) throw unauthorized("Token has no tenant_id");
+  return user.tenant_id;
+}
+
+export function visibleTo(user: User, tenantId: string): boolean {
+  return user.operator || user.tenant_id === tenantId;
+}

@@ -1,0 +1,20 @@
+import { Validators, Errors } from "moleculer";
+
+/**
+ * fastest-validator whose 422 names what is wrong ("The 'slug' field fails to match ...") instead of moleculer's
+ * generic "Parameters validation error!". The field list stays in `data`.
+ */
+export class ClearValidator extends Validators.Fastest {
+  override compile(schema: any) {
+    const check = super.compile(schema) as any;
+    // Marked async so moleculer's middleware awaits it and our rejection reaches the caller unchanged.
+    const wrapped = async (params: any, opts: any) => {
+      const res = await check(params, opts);
+      if (res === true) return true;
+      const msg = (res as any[]).map((e) => e.message).join("; ");
+      throw new Errors.ValidationError(msg || "Invalid parameters", "VALIDATION_ERROR", res);
+    };
+    (wrapped as any).async = true;
+    return wrapped as any;
+  }
+}

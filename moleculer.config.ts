@@ -1,0 +1,26 @@
+import type { BrokerOptions } from "moleculer";
+import { ClearValidator } from "./lib/validator";
+
+/**
+ * Broker settings shared by every node. NATS when TRANSPORTER is set, in-process otherwise;
+ * Prometheus metrics only when METRICS_PORT is set.
+ */
+export function brokerConfig(env = process.env): BrokerOptions {
+  const metricsPort = env.METRICS_PORT ? Number(env.METRICS_PORT) : undefined;
+  return {
+    namespace: env.NAMESPACE ?? "arcadia",
+    nodeID: env.NODE_ID || undefined,
+    transporter: env.TRANSPORTER ? { type: "NATS", options: { url: env.TRANSPORTER } } : undefined,
+    serializer: "JSON",
+    logger: env.LOG_LEVEL === "silent" ? false : { type: "Pino", options: { level: env.LOG_LEVEL ?? "info", pino: { options: { base: { node: env.NODE_ID } } } } },
+    requestTimeout: 15_000,
+    retryPolicy: { enabled: false },
+    validator: new ClearValidator(),
+    metrics: metricsPort
+      ? { enabled: true, reporter: [{ type: "Prometheus", options: { port: metricsPort, path: "/metrics" } }] }
+      : { enabled: false },
+    tracing: { enabled: false },
+  };
+}
+
+export default brokerConfig();

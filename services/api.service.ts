@@ -1,0 +1,106 @@
+import { randomUUID } from "node:crypto";
+import type { Context, ServiceSchema } from "moleculer";
+import ApiGateway from "moleculer-web";
+import type { IncomingMessage, ServerResponse } from "node:http";
+import { authConfigFromEnv, createVerifier } from "../lib/auth";
+import type { User } from "../lib/access";
+
+const { UnAuthorizedError, ERR_NO_TOKEN } = ApiGateway.Errors;
+
+/** Every public route. Explicit, so nothing reaches HTTP by accident (mappingPolicy "restrict"). */
+export const API_ALIASES: Record<string, string> = {
+  "GET /deployments": "v1.deployments.list",
+  "POST /deployments": "v1.deployments.create",
+  "GET /deployments/:id": "v1.deployments.get",
+  "POST /deployments/:id/transition": "v1.deployments.transition",
+  "POST /deployments/:id/subscribe": "v1.subscriptions.subscribe",
+  "POST /deployments/:id/subscription/addons": "v1.subscriptions.attachAddon",
+  "POST /deployments/:id/subscription/plan": "v1.subscriptions.changePlan",
+  "GET /plans": "v1.subscriptions.listPlans",
+  "POST /plans": "v1.subscriptions.createPlan",
+  "POST /plans/:code/versions": "v1.subscriptions.createPlanVersion",
+  "GET /addons": "v1.subscriptions.listAddons",
+  "POST /addons": "v1.subscriptions.createAddon",
+  "PATCH /addons/:code": "v1.subscriptions.updateAddon",
+};
+export const PUBLIC_ALIASES: Record<string, string> = {
+  "GET /health": "api.health",
+  "GET /ready": "api.ready",
+};
+
+type Req = IncomingMessage & { $ctx?: Context; headers: Record<string, string | undefined> };
+
+const ApiService: ServiceSchema<any> = {
+  name: "api",
+  mixins: [ApiGateway],
+  settings: {
+    port: Number(process.env.PORT ?? 3000),
+    ip: process.env.HOST ?? "0.0.0.0",
+    // Actions return plain data; moleculer-web's default 404/422/... error shape is the API's error shape.
+    routes: [
+      {
+        path: "/api/v1",
+        authentication: true,
+        mappingPolicy: "restrict",
+        aliases: { ...PUBLIC_ALIASES, ...API_ALIASES },
+        bodyParsers: { json: { strict: true, limit: "256kb" }, urlencoded: false },
+        callOptions: { timeout: 30_000 },
+        onBeforeCall(ctx: Context<unknown, Record<string, unknown>>, _route: unknown, req: Req) {
+          ctx.meta.requestId = req.headers["x-request-id"] ?? ctx.requestID ?? randomUUID();
+        },
+      },
+    ],
+    onError(this: any, req: Req, res: ServerResponse, err: any) {
+      const status = Number.isInteger(err?.code) && err.code >= 400 && err.code < 600 ? err.code : 500;
+      // Server faults are logged in full and answered without internals.
+      if (status >= 500) this.logger.error({ err, url: req.url }, "request failed");
+      const body =
+        status >= 500 && !["SERVICE_NOT_AVAILABLE", "SERVICE_NOT_FOUND", "REQUEST_TIMEOUT"].includes(err?.type)
+          ? { name: "MoleculerError", message: "Internal server error", code: status, type: err?.type ?? "INTERNAL_ERROR", data: null }
+          : { name: err.name, message: err.message, code: status, type: err.type ?? null, data: err.data ?? null };
+      res.setHeader("Content-Type", "application/json; charset=utf-8");
+      res.writeHead(status);
+      res.end(JSON.stringify(body));
+    },
+  },
+
+  created() {
+    this.verify = createVerifier(authConfigFromEnv());
+  },
+
+  actions: {
+    health: {
+      handler(this: any) {
+        return { status: "ok", node: this.broker.nodeID, uptime_s: Math.round(process.uptime()) };
+      },
+    },
+    ready: {
+      async handler(this: any, ctx: Context<unknown, { $statusCode?: number }>) {
+        const checks: Record<string, string> = {};
+        checks.transporter = !this.broker.transit || this.broker.transit.connected ? "ok" : "disconnected";
+        const dbs = await Promise.all(
+          ["v1.deployments.ready", "v1.subscriptions.ready"].map((a) =>
+            ctx.call<{ database: boolean }, object>(a, {}, { timeout: 3000 }).then((r) => (r.database ? "ok" : "failed"), (e: Error) => `failed: ${e.message}`),
+          ),
+        );
+        checks.database = dbs.every((d) => d === "ok") ? "ok" : (dbs.find((d) => d !== "ok") as string);
+        const ok = Object.values(checks).every((c) => c === "ok");
+        if (!ok) ctx.meta.$statusCode = 503;
+        return { status: ok ? "ok" : "unavailable", checks };
+      },
+    },
+  },
+
+  methods: {
+    async authenticate(this: any, _ctx: Context, _route: unknown, req: Req, _res: unknown, alias: { action?: string }): Promise<User | null> {
+      if (alias?.action && Object.values(PUBLIC_ALIASES).includes(alias.action)) return null;
+      const header = req.headers.authorization;
+      if (!header) throw new UnAuthorizedError(ERR_NO_TOKEN, null as any);
+      const [scheme, token] = header.split(" ");
+      if (scheme?.toLowerCase() !== "bearer" || !token) throw new UnAuthorizedError(ERR_NO_TOKEN, null as any);
+      return this.verify(token);
+    },
+  },
+};
+
+export default ApiService;

@@ -1,0 +1,275 @@
+import { randomUUID } from "node:crypto";
+import { LockMode } from "@mikro-orm/core";
+import type { Context, ServiceSchema } from "moleculer";
+import { Errors } from "moleculer";
+import { Deployment, DeploymentEvent, DEPLOYMENT_STATES, LLM_MODES, type DeploymentState } from "../entities/deployment";
+import { DbMixin, emOf } from "../lib/db";
+import { currentUser, tenantScope, visibleTo, type User } from "../lib/access";
+import { conflict, invalid, invalidTransition, mapDbError, notFound } from "../lib/errors";
+import { canTransition } from "../lib/lifecycle";
+import { decodeCursor, encodeCursor } from "../lib/pagination";
+import { iso, type Page } from "../lib/dto";
+
+const SLUG = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$";
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+export interface CreateParams {
+  slug: string;
+  display_name?: string;
+  region?: string;
+  state?: "active" | "trial";
+  llm_mode?: (typeof LLM_MODES)[number];
+  billing_action_suspended?: boolean;
+  template_code?: string;
+  template_version?: string | null;
+  tenant_id?: string;
+  provision?: boolean;
+}
+export interface ListParams {
+  state?: DeploymentState;
+  limit?: number;
+  cursor?: string;
+  tenant_id?: string;
+}
+export interface IdParams {
+  id: string;
+}
+export interface TransitionParams extends IdParams {
+  to_state: DeploymentState;
+  reason?: string;
+  notes?: string;
+}
+type Ctx<P> = Context<P, { user?: User; $statusCode?: number }, any>;
+
+export function deploymentDto(d: Deployment) {
+  return {
+    id: d.id,
+    tenant_id: d.tenant_id,
+    slug: d.slug,
+    display_name: d.display_name,
+    region: d.region,
+    state: d.state,
+    state_since: iso(d.state_since),
+    llm_mode: d.llm_mode,
+    billing_action_suspended: d.billing_action_suspended,
+    template_code: d.template_code,
+    template_version: d.template_version ?? null,
+    inserted_at: iso(d.inserted_at),
+    updated_at: iso(d.updated_at),
+  };
+}
+export type DeploymentDto = ReturnType<typeof deploymentDto>;
+
+export function eventDto(e: DeploymentEvent) {
+  return {
+    id: Number(e.id),
+    deployment_id: e.deployment_id,
+    from_state: e.from_state ?? null,
+    to_state: e.to_state,
+    reason: e.reason,
+    actor: e.actor,
+    notes: e.notes ?? null,
+    occurred_at: iso(e.occurred_at),
+  };
+}
+
+const DeploymentsService: ServiceSchema<any> = {
+  name: "deployments",
+  version: 1,
+  mixins: [DbMixin([Deployment, DeploymentEvent])],
+  settings: {
+    defaultRegion: process.env.DEFAULT_REGION ?? "nyc3",
+    defaultTemplate: process.env.DEFAULT_TEMPLATE ?? "arcadia-app",
+  },
+
+  actions: {
+    create: {
+      rest: "POST /deployments",
+      params: {
+        slug: { type: "string", pattern: SLUG, messages: { stringPattern: "'slug' must be a lowercase DNS label (a-z, 0-9, '-', at most 63 characters, no leading or trailing '-')" } },
+        display_name: { type: "string", min: 1, max: 200, optional: true },
+        region: { type: "string", pattern: "^[a-z0-9-]{2,32}$", optional: true },
+        state: { type: "enum", values: ["active", "trial"], optional: true, messages: { enumValue: "'state' may only be 'active' or 'trial' at creation" } },
+        llm_mode: { type: "enum", values: LLM_MODES, optional: true },
+        billing_action_suspended: { type: "boolean", optional: true },
+        template_code: { type: "string", min: 1, max: 100, optional: true },
+        template_version: { type: "string", min: 1, max: 100, optional: true, nullable: true },
+        tenant_id: { type: "string", min: 1, max: 200, optional: true },
+        provision: { type: "boolean", optional: true },
+      },
+      async handler(this: any, ctx: Ctx<CreateParams>) {
+        const user = currentUser(ctx);
+        const p = ctx.params;
+        const tenantId = user.operator ? (p.tenant_id ?? user.tenant_id) : user.tenant_id;
+        if (!tenantId) throw invalid("'tenant_id' is required for a token without a tenant", [{ field: "tenant_id", type: "required" }]);
+        if (!user.operator && p.tenant_id && p.tenant_id !== user.tenant_id) throw invalid("'tenant_id' must be your own tenant", [{ field: "tenant_id" }]);
+        if (p.provision && p.state) throw invalid("'state' cannot be combined with 'provision: true' (it starts in provisioning)", [{ field: "state" }]);
+
+        const now = new Date();
+        const state: DeploymentState = p.provision ? "provisioning" : (p.state ?? "active");
+        let deployment!: Deployment;
+        let event!: DeploymentEvent;
+        try {
+          await emOf(ctx).transactional(async (em) => {
+            deployment = em.create(Deployment, {
+              id: randomUUID(),
+              tenant_id: tenantId,
+              slug: p.slug,
+              display_name: p.display_name ?? p.slug,
+              region: p.region ?? this.settings.defaultRegion,
+              state,
+              state_since: now,
+              llm_mode: p.llm_mode ?? "shared",
+              billing_action_suspended: p.billing_action_suspended ?? false,
+              template_code: p.template_code ?? this.settings.defaultTemplate,
+              template_version: p.template_version ?? null,
+              inserted_at: now,
+              updated_at: now,
+            } as any);
+            // Events reference the deployment, which the unit of work cannot order without a relation: flush it first.
+            await em.flush();
+            event = em.create(DeploymentEvent, {
+              deployment_id: deployment.id, from_state: null, to_state: state, reason: "created", actor: user.sub, notes: null, occurred_at: now,
+            } as any);
+          });
+        } catch (err) {
+          mapDbError(err, () => conflict(`Slug '${p.slug}' is already used by this tenant`, "SLUG_TAKEN", { slug: p.slug }));
+        }
+        const dto = deploymentDto(deployment);
+        ctx.emit("deployments.created", { deployment: dto, event: eventDto(event) });
+
+        if (!p.provision) {
+          ctx.meta.$statusCode = 201;
+          return { deployment: dto };
+        }
+        const saga = await this.startProvisioning(ctx, dto);
+        ctx.meta.$statusCode = 202;
+        return { deployment: dto, saga };
+      },
+    },
+
+    list: {
+      rest: "GET /deployments",
+      params: {
+        state: { type: "enum", values: DEPLOYMENT_STATES, optional: true },
+        limit: { type: "number", integer: true, min: 1, max: 200, convert: true, optional: true },
+        cursor: { type: "string", min: 1, max: 200, optional: true },
+        tenant_id: { type: "string", min: 1, max: 200, optional: true },
+      },
+      async handler(ctx: Ctx<ListParams>): Promise<Page<DeploymentDto>> {
+        const user = currentUser(ctx);
+        const p = ctx.params;
+        const limit = p.limit ?? 50;
+        const where: Record<string, unknown> = {};
+        const scope = tenantScope(user);
+        // A tenant asking for another tenant's list gets nothing, not someone else's rows.
+        if (scope && p.tenant_id && p.tenant_id !== scope) return { items: [], next_cursor: null };
+        const tenant = scope ?? p.tenant_id;
+        if (tenant) where.tenant_id = tenant;
+        if (p.state) where.state = p.state;
+        if (p.cursor) {
+          const c = decodeCursor(p.cursor);
+          where.$or = [{ inserted_at: { $lt: c.insertedAt } }, { inserted_at: c.insertedAt, id: { $lt: c.id } }];
+        }
+        const rows = await emOf(ctx).find(Deployment, where as any, { orderBy: [{ inserted_at: "desc" }, { id: "desc" }] as any, limit: limit + 1 });
+        const page = rows.slice(0, limit);
+        const last = page[page.length - 1];
+        return { items: page.map(deploymentDto), next_cursor: rows.length > limit && last ? encodeCursor(last.inserted_at, last.id) : null };
+      },
+    },
+
+    get: {
+      rest: "GET /deployments/:id",
+      params: { id: { type: "string" } },
+      async handler(this: any, ctx: Ctx<IdParams>) {
+        const deployment = await this.findVisible(ctx, ctx.params.id);
+        const [events, subscription, saga] = await Promise.all([
+          emOf(ctx).find(DeploymentEvent, { deployment_id: deployment.id }, { orderBy: { id: "asc" } }),
+          ctx.call("v1.subscriptions.forDeployment", { deployment_id: deployment.id }),
+          this.sagaFor(ctx, deployment.id),
+        ]);
+        return { deployment: deploymentDto(deployment), subscription, events: events.map(eventDto), saga };
+      },
+    },
+
+    /** For other services: the deployment if the caller may see it, else 404. */
+    find: {
+      visibility: "public",
+      params: { id: { type: "string" } },
+      async handler(this: any, ctx: Ctx<IdParams>) {
+        return { deployment: deploymentDto(await this.findVisible(ctx, ctx.params.id)) };
+      },
+    },
+
+    transition: {
+      rest: "POST /deployments/:id/transition",
+      params: {
+        id: { type: "string" },
+        to_state: { type: "enum", values: DEPLOYMENT_STATES },
+        reason: { type: "string", min: 1, max: 200, optional: true },
+        notes: { type: "string", max: 2000, optional: true, nullable: true },
+      },
+      async handler(this: any, ctx: Ctx<TransitionParams>) {
+        return this.transition(ctx, ctx.params, false);
+      },
+    },
+
+    ready: {
+      visibility: "public",
+      async handler(this: any) {
+        return { database: await this.dbReady() };
+      },
+    },
+  },
+
+  methods: {
+    async findVisible(ctx: Ctx<unknown>, id: string): Promise<Deployment> {
+      const user = currentUser(ctx);
+      if (!UUID.test(id)) throw notFound("Deployment", id);
+      const d = await emOf(ctx).findOne(Deployment, { id });
+      if (!d || !visibleTo(user, d.tenant_id)) throw notFound("Deployment", id);
+      return d;
+    },
+
+    /** The state change and its event commit together under a row lock, so the event log stays a chain. */
+    async transition(ctx: Ctx<unknown>, p: TransitionParams, bySaga: boolean) {
+      const user = currentUser(ctx);
+      if (!UUID.test(p.id)) throw notFound("Deployment", p.id);
+      let changed: { dto: DeploymentDto; event: ReturnType<typeof eventDto> } | null = null;
+      const result = await emOf(ctx).transactional(async (em) => {
+        const d = await em.findOne(Deployment, { id: p.id }, { lockMode: LockMode.PESSIMISTIC_WRITE });
+        if (!d || !visibleTo(user, d.tenant_id)) throw notFound("Deployment", p.id);
+        if (d.state === p.to_state) return d;
+        if (!canTransition(d.state, p.to_state, bySaga)) throw invalidTransition(d.state, p.to_state);
+        const now = new Date();
+        const event = em.create(DeploymentEvent, {
+          deployment_id: d.id, from_state: d.state, to_state: p.to_state, reason: p.reason ?? "manual", actor: user.sub, notes: p.notes ?? null, occurred_at: now,
+        } as any);
+        d.state = p.to_state;
+        d.state_since = now;
+        d.updated_at = now;
+        await em.flush();
+        changed = { dto: deploymentDto(d), event: eventDto(event) };
+        return d;
+      });
+      if (changed) ctx.emit("deployments.transitioned", { deployment: (changed as any).dto, event: (changed as any).event });
+      return { deployment: deploymentDto(result) };
+    },
+
+    /** The provisioning saga's view of a deployment; null when provisioning is not part of this cluster. */
+    async sagaFor(ctx: Ctx<unknown>, deploymentId: string) {
+      try {
+        return await ctx.call("v1.provisioning.forDeployment", { deployment_id: deploymentId });
+      } catch (err) {
+        if (err instanceof Errors.ServiceNotFoundError) return null;
+        throw err;
+      }
+    },
+
+    async startProvisioning(ctx: Ctx<unknown>, deployment: DeploymentDto) {
+      return ctx.call("v1.provisioning.start", { deployment_id: deployment.id, tenant_id: deployment.tenant_id, slug: deployment.slug, region: deployment.region });
+    },
+  },
+};
+
+export default DeploymentsService;

@@ -1,0 +1,324 @@
+import { randomUUID } from "node:crypto";
+import { LockMode } from "@mikro-orm/core";
+import type { Context, ServiceSchema } from "moleculer";
+import type { EntityManager } from "@mikro-orm/postgresql";
+import { Addon, Plan, PlanVersion } from "../entities/catalog";
+import { Subscription, SubscriptionAddon, SubscriptionChange } from "../entities/subscription";
+import { DbMixin, emOf } from "../lib/db";
+import { currentUser, requireOperator, type User } from "../lib/access";
+import { conflict, invalid, mapDbError, notFound } from "../lib/errors";
+import { iso } from "../lib/dto";
+import type { DeploymentDto } from "./deployments.service";
+
+const CODE = { type: "string", pattern: "^[a-z0-9][a-z0-9_-]{0,62}$", messages: { stringPattern: "'{field}' must be a lowercase code (a-z, 0-9, '_', '-')" } };
+const CENTS = { type: "number", integer: true, min: 0, max: 100_000_000 };
+const CURRENCY = { type: "string", pattern: "^[A-Z]{3}$", messages: { stringPattern: "'currency' must be an ISO 4217 code such as USD" } };
+const QTY = { type: "number", integer: true, min: 1, max: 100_000 };
+
+export interface SubscribeParams {
+  id: string;
+  plan_code: string;
+  addons?: { code: string; qty: number }[];
+}
+export interface AttachAddonParams {
+  id: string;
+  code: string;
+  qty: number;
+}
+export interface ChangePlanParams {
+  id: string;
+  plan_code?: string;
+  version?: number;
+}
+export interface CreatePlanParams {
+  code: string;
+  name: string;
+  price_cents: number;
+  currency?: string;
+}
+export interface CreatePlanVersionParams {
+  code: string;
+  price_cents: number;
+  currency?: string;
+}
+export interface CreateAddonParams {
+  code: string;
+  name: string;
+  unit_price_cents: number;
+  currency?: string;
+}
+export interface UpdateAddonParams {
+  code: string;
+  name?: string;
+  unit_price_cents?: number;
+}
+type Ctx<P> = Context<P, { user?: User; $statusCode?: number }, any>;
+
+/** The current calendar month in UTC: [first day 00:00, first day of next month 00:00). */
+export function currentMonthUtc(now = new Date()): { start: Date; end: Date } {
+  return { start: new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth(), 1)), end: new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth() + 1, 1)) };
+}
+
+const planVersionDto = (v: PlanVersion) => ({ id: v.id, plan_code: v.plan_code, version: v.version, price_cents: v.price_cents, currency: v.currency, inserted_at: iso(v.inserted_at) });
+const addonDto = (a: Addon) => ({ code: a.code, name: a.name, unit_price_cents: a.unit_price_cents, currency: a.currency, updated_at: iso(a.updated_at) });
+
+const SubscriptionsService: ServiceSchema<any> = {
+  name: "subscriptions",
+  version: 1,
+  mixins: [DbMixin([Plan, PlanVersion, Addon, Subscription, SubscriptionAddon, SubscriptionChange])],
+
+  actions: {
+    // ---- catalog ----
+    listPlans: {
+      rest: "GET /plans",
+      async handler(this: any, ctx: Ctx<unknown>) {
+        currentUser(ctx);
+        const em = emOf(ctx);
+        const [plans, versions] = await Promise.all([em.find(Plan, {}, { orderBy: { code: "asc" } }), em.find(PlanVersion, {}, { orderBy: { version: "asc" } })]);
+        return { items: plans.map((p) => this.planDto(p, versions.filter((v) => v.plan_code === p.code))), next_cursor: null };
+      },
+    },
+    listAddons: {
+      rest: "GET /addons",
+      async handler(ctx: Ctx<unknown>) {
+        currentUser(ctx);
+        const addons = await emOf(ctx).find(Addon, {}, { orderBy: { code: "asc" } });
+        return { items: addons.map(addonDto), next_cursor: null };
+      },
+    },
+    createPlan: {
+      rest: "POST /plans",
+      params: { code: CODE, name: { type: "string", min: 1, max: 200 }, price_cents: CENTS, currency: { ...CURRENCY, optional: true } },
+      async handler(this: any, ctx: Ctx<CreatePlanParams>) {
+        requireOperator(ctx);
+        const p = ctx.params;
+        const now = new Date();
+        const em = emOf(ctx);
+        const plan = em.create(Plan, { code: p.code, name: p.name, inserted_at: now });
+        const version = em.create(PlanVersion, { id: randomUUID(), plan_code: p.code, version: 1, price_cents: p.price_cents, currency: p.currency ?? "USD", inserted_at: now });
+        try {
+          await em.flush();
+        } catch (err) {
+          mapDbError(err, () => conflict(`Plan '${p.code}' already exists`, "PLAN_EXISTS", { code: p.code }));
+        }
+        ctx.meta.$statusCode = 201;
+        return { plan: this.planDto(plan, [version]) };
+      },
+    },
+    createPlanVersion: {
+      rest: "POST /plans/:code/versions",
+      params: { code: { type: "string" }, price_cents: CENTS, currency: { ...CURRENCY, optional: true } },
+      async handler(ctx: Ctx<CreatePlanVersionParams>) {
+        requireOperator(ctx);
+        const p = ctx.params;
+        try {
+          const version = await emOf(ctx).transactional(async (em) => {
+            // Lock the plan so two concurrent price changes get versions n+1 and n+2, not a unique violation.
+            const plan = await em.findOne(Plan, { code: p.code }, { lockMode: LockMode.PESSIMISTIC_WRITE });
+            if (!plan) throw notFound("Plan", p.code);
+            const latest = await em.findOne(PlanVersion, { plan_code: p.code }, { orderBy: { version: "desc" } });
+            const v = em.create(PlanVersion, { id: randomUUID(), plan_code: p.code, version: (latest?.version ?? 0) + 1, price_cents: p.price_cents, currency: p.currency ?? latest?.currency ?? "USD", inserted_at: new Date() });
+            await em.flush();
+            return v;
+          });
+          ctx.meta.$statusCode = 201;
+          return { plan_version: planVersionDto(version) };
+        } catch (err) {
+          mapDbError(err);
+        }
+      },
+    },
+    createAddon: {
+      rest: "POST /addons",
+      params: { code: CODE, name: { type: "string", min: 1, max: 200 }, unit_price_cents: CENTS, currency: { ...CURRENCY, optional: true } },
+      async handler(ctx: Ctx<CreateAddonParams>) {
+        requireOperator(ctx);
+        const p = ctx.params;
+        const now = new Date();
+        const addon = emOf(ctx).create(Addon, { code: p.code, name: p.name, unit_price_cents: p.unit_price_cents, currency: p.currency ?? "USD", inserted_at: now, updated_at: now });
+        try {
+          await emOf(ctx).flush();
+        } catch (err) {
+          mapDbError(err, () => conflict(`Addon '${p.code}' already exists`, "ADDON_EXISTS", { code: p.code }));
+        }
+        ctx.meta.$statusCode = 201;
+        return { addon: addonDto(addon) };
+      },
+    },
+    updateAddon: {
+      rest: "PATCH /addons/:code",
+      params: { code: { type: "string" }, name: { type: "string", min: 1, max: 200, optional: true }, unit_price_cents: { ...CENTS, optional: true } },
+      async handler(ctx: Ctx<UpdateAddonParams>) {
+        requireOperator(ctx);
+        const p = ctx.params;
+        if (p.name === undefined && p.unit_price_cents === undefined) throw invalid("Nothing to change: give 'name' and/or 'unit_price_cents'");
+        const em = emOf(ctx);
+        const addon = await em.findOne(Addon, { code: p.code });
+        if (!addon) throw notFound("Addon", p.code);
+        if (p.name !== undefined) addon.name = p.name;
+        if (p.unit_price_cents !== undefined) addon.unit_price_cents = p.unit_price_cents;
+        addon.updated_at = new Date();
+        await em.flush();
+        return { addon: addonDto(addon) };
+      },
+    },
+
+    // ---- subscriptions ----
+    subscribe: {
+      rest: "POST /deployments/:id/subscribe",
+      params: {
+        id: { type: "string" },
+        plan_code: { type: "string", min: 1, max: 64 },
+        addons: { type: "array", optional: true, max: 50, items: { type: "object", strict: true, props: { code: { type: "string", min: 1, max: 64 }, qty: QTY } } },
+      },
+      async handler(this: any, ctx: Ctx<SubscribeParams>) {
+        const user = currentUser(ctx);
+        const deployment = await this.deploymentFor(ctx, ctx.params.id);
+        const p = ctx.params;
+        const codes = (p.addons ?? []).map((a) => a.code);
+        if (new Set(codes).size !== codes.length) throw invalid("Each addon may appear once in 'addons'", [{ field: "addons" }]);
+        const now = new Date();
+        const period = currentMonthUtc(now);
+        const em = emOf(ctx);
+        try {
+          const sub = await em.transactional(async (tx) => {
+            const version = await this.newestVersion(tx, p.plan_code);
+            const addons = await this.addonsByCode(tx, codes);
+            const s = tx.create(Subscription, {
+              id: randomUUID(), deployment_id: deployment.id, tenant_id: deployment.tenant_id, plan_code: version.plan_code, plan_version_id: version.id, status: "active",
+              current_period_start: period.start, current_period_end: period.end,
+              trial_ends_at: deployment.state === "trial" ? period.end : null, inserted_at: now, updated_at: now,
+            } as any);
+            for (const a of p.addons ?? []) this.snapshotAddon(tx, s.id, addons.get(a.code)!, a.qty, now);
+            tx.create(SubscriptionChange, { id: randomUUID(), subscription_id: s.id, from_plan_version_id: null, to_plan_version_id: version.id, actor: user.sub, occurred_at: now });
+            await tx.flush();
+            return s;
+          });
+          ctx.meta.$statusCode = 201;
+          return { subscription: await this.subscriptionDto(em, sub) };
+        } catch (err) {
+          mapDbError(err, () => conflict(`Deployment ${deployment.id} already has a subscription`, "ALREADY_SUBSCRIBED", { deployment_id: deployment.id }));
+        }
+      },
+    },
+    attachAddon: {
+      rest: "POST /deployments/:id/subscription/addons",
+      params: { id: { type: "string" }, code: { type: "string", min: 1, max: 64 }, qty: { ...QTY, optional: true } },
+      async handler(this: any, ctx: Ctx<AttachAddonParams>) {
+        await this.deploymentFor(ctx, ctx.params.id);
+        const p = ctx.params;
+        const em = emOf(ctx);
+        const sub = await this.subscriptionOf(em, ctx.params.id);
+        const addon = (await this.addonsByCode(em, [p.code])).get(p.code)!;
+        this.snapshotAddon(em, sub.id, addon, p.qty ?? 1, new Date());
+        try {
+          await em.flush();
+        } catch (err) {
+          mapDbError(err, () => conflict(`Addon '${p.code}' is already attached`, "ADDON_ALREADY_ATTACHED", { code: p.code }));
+        }
+        ctx.meta.$statusCode = 201;
+        return { subscription: await this.subscriptionDto(em, sub) };
+      },
+    },
+    changePlan: {
+      rest: "POST /deployments/:id/subscription/plan",
+      params: { id: { type: "string" }, plan_code: { type: "string", min: 1, max: 64, optional: true }, version: { type: "number", integer: true, min: 1, optional: true } },
+      async handler(this: any, ctx: Ctx<ChangePlanParams>) {
+        const user = currentUser(ctx);
+        await this.deploymentFor(ctx, ctx.params.id);
+        const p = ctx.params;
+        if (p.plan_code === undefined && p.version === undefined) throw invalid("Give 'plan_code' and/or 'version'");
+        const em = emOf(ctx);
+        const sub = await em.transactional(async (tx) => {
+          const s = await tx.findOne(Subscription, { deployment_id: p.id }, { lockMode: LockMode.PESSIMISTIC_WRITE });
+          if (!s) throw notFound("Subscription for deployment", p.id);
+          const planCode = p.plan_code ?? s.plan_code;
+          const target = p.version === undefined ? await this.newestVersion(tx, planCode) : await tx.findOne(PlanVersion, { plan_code: planCode, version: p.version });
+          if (!target) throw invalid(`Plan '${planCode}' has no version ${p.version}`, [{ field: "version" }]);
+          if (target.id === s.plan_version_id) return s;
+          tx.create(SubscriptionChange, { id: randomUUID(), subscription_id: s.id, from_plan_version_id: s.plan_version_id, to_plan_version_id: target.id, actor: user.sub, occurred_at: new Date() });
+          s.plan_code = target.plan_code;
+          s.plan_version_id = target.id;
+          s.updated_at = new Date();
+          await tx.flush();
+          return s;
+        });
+        return { subscription: await this.subscriptionDto(em, sub) };
+      },
+    },
+    forDeployment: {
+      visibility: "public",
+      params: { deployment_id: { type: "string" } },
+      async handler(this: any, ctx: Ctx<{ deployment_id: string }>) {
+        const user = currentUser(ctx);
+        const em = emOf(ctx);
+        const s = await em.findOne(Subscription, { deployment_id: ctx.params.deployment_id });
+        if (!s || (!user.operator && s.tenant_id !== user.tenant_id)) return null;
+        return this.subscriptionDto(em, s);
+      },
+    },
+    ready: {
+      visibility: "public",
+      async handler(this: any) {
+        return { database: await this.dbReady() };
+      },
+    },
+  },
+
+  methods: {
+    /** Scoping goes through the deployments service: another tenant's deployment is a 404 here too. */
+    async deploymentFor(ctx: Ctx<unknown>, id: string): Promise<DeploymentDto> {
+      const res = (await ctx.call("v1.deployments.find", { id })) as { deployment: DeploymentDto };
+      return res.deployment;
+    },
+    async newestVersion(em: EntityManager, planCode: string): Promise<PlanVersion> {
+      const v = await em.findOne(PlanVersion, { plan_code: planCode }, { orderBy: { version: "desc" } });
+      if (!v) throw invalid(`Unknown plan '${planCode}'`, [{ field: "plan_code", actual: planCode }]);
+      return v;
+    },
+    async addonsByCode(em: EntityManager, codes: string[]): Promise<Map<string, Addon>> {
+      const found = codes.length ? await em.find(Addon, { code: { $in: codes } }) : [];
+      const byCode = new Map(found.map((a) => [a.code, a]));
+      const missing = codes.filter((c) => !byCode.has(c));
+      if (missing.length) throw invalid(`Unknown addon${missing.length > 1 ? "s" : ""} ${missing.map((c) => `'${c}'`).join(", ")}`, [{ field: "addons", actual: missing }]);
+      return byCode;
+    },
+    snapshotAddon(em: EntityManager, subscriptionId: string, addon: Addon, qty: number, now: Date) {
+      return em.create(SubscriptionAddon, { id: randomUUID(), subscription_id: subscriptionId, addon_code: addon.code, unit_price_cents: addon.unit_price_cents, currency: addon.currency, qty, attached_at: now });
+    },
+    async subscriptionOf(em: EntityManager, deploymentId: string): Promise<Subscription> {
+      const s = await em.findOne(Subscription, { deployment_id: deploymentId });
+      if (!s) throw notFound("Subscription for deployment", deploymentId);
+      return s;
+    },
+    async subscriptionDto(em: EntityManager, s: Subscription) {
+      const [version, addons, changes] = await Promise.all([
+        em.findOneOrFail(PlanVersion, { id: s.plan_version_id }),
+        em.find(SubscriptionAddon, { subscription_id: s.id }, { orderBy: { attached_at: "asc", addon_code: "asc" } }),
+        em.find(SubscriptionChange, { subscription_id: s.id }, { orderBy: { occurred_at: "asc" } }),
+      ]);
+      return {
+        id: s.id,
+        deployment_id: s.deployment_id,
+        tenant_id: s.tenant_id,
+        status: s.status,
+        plan_code: s.plan_code,
+        plan_version: planVersionDto(version),
+        current_period_start: iso(s.current_period_start),
+        current_period_end: iso(s.current_period_end),
+        trial_ends_at: iso(s.trial_ends_at),
+        addons: addons.map((a) => ({ code: a.addon_code, unit_price_cents: a.unit_price_cents, currency: a.currency, qty: a.qty, attached_at: iso(a.attached_at) })),
+        plan_changes: changes.map((c) => ({ from_plan_version_id: c.from_plan_version_id ?? null, to_plan_version_id: c.to_plan_version_id, actor: c.actor, occurred_at: iso(c.occurred_at) })),
+        inserted_at: iso(s.inserted_at),
+        updated_at: iso(s.updated_at),
+      };
+    },
+    planDto(plan: Plan, versions: PlanVersion[]) {
+      const sorted = [...versions].sort((a, b) => a.version - b.version);
+      const latest = sorted[sorted.length - 1];
+      return { code: plan.code, name: plan.name, latest_version: latest ? planVersionDto(latest) : null, versions: sorted.map(planVersionDto) };
+    },
+  },
+};
+
+export default SubscriptionsService;

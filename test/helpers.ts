@@ -1,0 +1,85 @@
+import { randomUUID } from "node:crypto";
+import type { AddressInfo } from "node:net";
+import { ServiceBroker, type ServiceSchema } from "moleculer";
+import { brokerConfig } from "../moleculer.config";
+import { ALL_SERVICES } from "../services";
+import { mintToken } from "../bin/token";
+import { systemUser } from "../lib/access";
+
+export const uniq = (prefix = "t") => `${prefix}-${randomUUID().slice(0, 8)}`;
+export const ADMIN = systemUser("test");
+
+/**
+ * A real broker running the named services. With `nats: true` it joins the machine's NATS under a namespace
+ * private to this test run, so several brokers in one test form a cluster and other runs stay out.
+ */
+export async function startNode(names: string[], opts: { nats?: boolean | string; nodeID?: string; settings?: Record<string, Record<string, unknown>> } = {}) {
+  const namespace = typeof opts.nats === "string" ? opts.nats : undefined;
+  const broker = new ServiceBroker({
+    ...brokerConfig({ ...process.env, TRANSPORTER: opts.nats ? process.env.TEST_NATS_URL : "", METRICS_PORT: "" }),
+    logger: false,
+    namespace: namespace ?? uniq("ns"),
+    nodeID: opts.nodeID ?? uniq("node"),
+  });
+  for (const name of names) {
+    const schema: ServiceSchema = ALL_SERVICES[name];
+    const extra = { ...(name === "api" ? { port: 0, ip: "127.0.0.1" } : {}), ...(opts.settings?.[name] ?? {}) };
+    broker.createService(Object.keys(extra).length ? { name: schema.name, version: schema.version, mixins: [schema], settings: extra } : schema);
+  }
+  await broker.start();
+  return broker;
+}
+
+export const newNamespace = () => uniq("ns");
+
+export function apiUrl(broker: ServiceBroker): string {
+  const api = broker.getLocalService("api") as unknown as { server: { address(): AddressInfo } };
+  return `http://127.0.0.1:${api.server.address().port}/api/v1`;
+}
+
+export function token(opts: { tenant?: string; roles?: string[]; sub?: string; ttl?: string; secret?: string; issuer?: string; audience?: string } = {}) {
+  return mintToken({ sub: opts.sub ?? uniq("user"), ...opts });
+}
+
+export interface HttpResult<T = any> {
+  status: number;
+  body: T;
+}
+
+export async function http<T = any>(base: string, method: string, path: string, opts: { token?: string; body?: unknown; raw?: string; headers?: Record<string, string> } = {}): Promise<HttpResult<T>> {
+  const headers: Record<string, string> = { ...(opts.headers ?? {}) };
+  if (opts.token) headers.authorization = `Bearer ${opts.token}`;
+  let body: string | undefined;
+  if (opts.raw !== undefined) body = opts.raw;
+  else if (opts.body !== undefined) body = JSON.stringify(opts.body);
+  if (body !== undefined) headers["content-type"] ??= "application/json";
+  const res = await fetch(base + path, { method, headers, body });
+  const text = await res.text();
+  let parsed: any = text;
+  try {
+    parsed = text ? JSON.parse(text) : null;
+  } catch {
+    /* not JSON: left as text for the assertion to show */
+  }
+  return { status: res.status, body: parsed };
+}
+
+/** A client bound to one base URL and token. */
+export function client(base: string, tok?: string) {
+  return {
+    get: <T = any>(path: string) => http<T>(base, "GET", path, { token: tok }),
+    post: <T = any>(path: string, body?: unknown) => http<T>(base, "POST", path, { token: tok, body: body ?? {} }),
+    patch: <T = any>(path: string, body?: unknown) => http<T>(base, "PATCH", path, { token: tok, body: body ?? {} }),
+  };
+}
+
+/** Waits on a condition, never on the clock alone. */
+export async function waitFor<T>(fn: () => Promise<T | undefined | null | false>, { timeoutMs = 15_000, intervalMs = 50, what = "condition" } = {}): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await fn();
+    if (v) return v;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, intervalMs));
+  }
+}
