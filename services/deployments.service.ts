@@ -126,8 +126,6 @@ const DeploymentsService: ServiceSchema<any> = {
               inserted_at: now,
               updated_at: now,
             } as any);
-            // Events reference the deployment, which the unit of work cannot order without a relation: flush it first.
-            await em.flush();
             event = em.create(DeploymentEvent, {
               deployment_id: deployment.id, from_state: null, to_state: state, reason: "created", actor: user.sub, notes: null, occurred_at: now,
             } as any);
