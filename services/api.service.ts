@@ -65,7 +65,7 @@ const ApiService: ServiceSchema<any> = {
   },
 
   created() {
-    this.verify = createVerifier(authConfigFromEnv());
+    this.verify = createVerifier(this.settings.auth ?? authConfigFromEnv());
   },
 
   actions: {

@@ -1,0 +1,77 @@
+import type { ServiceBroker } from "moleculer";
+import { apiUrl, client, newNamespace, startNode, token, uniq, waitFor } from "./helpers";
+
+/** The gateway and the services on separate brokers joined through the machine's NATS. */
+let gateway: ServiceBroker;
+let servicesA: ServiceBroker;
+let servicesB: ServiceBroker;
+let base: string;
+const events: { name: string; payload: any }[] = [];
+
+beforeAll(async () => {
+  const ns = newNamespace();
+  servicesA = await startNode(["deployments", "subscriptions"], { nats: ns, nodeID: "services-a" });
+  servicesB = await startNode(["deployments"], { nats: ns, nodeID: "services-b" });
+  gateway = await startNode(["api"], { nats: ns, nodeID: "gateway" });
+  gateway.createService({
+    name: "listener",
+    events: {
+      "deployments.created"(ctx: any) {
+        events.push({ name: ctx.eventName, payload: ctx.params });
+      },
+      "deployments.transitioned"(ctx: any) {
+        events.push({ name: ctx.eventName, payload: ctx.params });
+      },
+    },
+  });
+  await gateway.waitForServices(["v1.deployments", "v1.subscriptions", "listener"], 10_000);
+  await servicesA.waitForServices(["listener"], 10_000);
+  base = apiUrl(gateway);
+}, 30_000);
+afterAll(async () => {
+  await gateway.stop();
+  await servicesB.stop();
+  await servicesA.stop();
+});
+
+test("the gateway answers the same calls with the services on other nodes", async () => {
+  expect(gateway.transit?.connected).toBe(true);
+  expect(gateway.getLocalService("v1.deployments")).toBeFalsy();
+  const tenant = uniq("nats");
+  const api = client(base, await token({ tenant, sub: "nina" }));
+  const created = await api.post("/deployments", { slug: "over-nats", state: "trial" });
+  expect(created.status).toBe(201);
+  const id = created.body.deployment.id;
+  const refused = await api.post(`/deployments/${id}/transition`, { to_state: "paused" });
+  expect(refused.status).toBe(422);
+  expect(refused.body).toMatchObject({ type: "INVALID_TRANSITION", data: { from: "trial", to: "paused" } });
+  expect((await api.post(`/deployments/${id}/transition`, { to_state: "active", reason: "converted" })).status).toBe(200);
+  const sub = await api.post(`/deployments/${id}/subscribe`, { plan_code: "studio", addons: [{ code: "storage_50gb", qty: 3 }] });
+  expect(sub.status).toBe(201);
+  const got = await api.get(`/deployments/${id}`);
+  expect(got.body.deployment.state).toBe("active");
+  expect(got.body.subscription.addons[0]).toMatchObject({ code: "storage_50gb", qty: 3 });
+  expect(got.body.events.map((e: any) => e.to_state)).toEqual(["trial", "active"]);
+  expect((await api.post("/deployments", { slug: "bad slug" })).status).toBe(422);
+  expect((await client(base, await token({ tenant: uniq("other") })).get(`/deployments/${id}`)).status).toBe(404);
+  expect((await client(base).get("/deployments")).status).toBe(401);
+  const ready = await api.get("/ready");
+  expect(ready.body).toMatchObject({ status: "ok", checks: { transporter: "ok", database: "ok" } });
+
+  const mine = () => events.filter((e) => e.payload.deployment.id === id);
+  await waitFor(async () => mine().length >= 2, { what: "both deployment events" });
+  expect(mine().map((e) => e.name)).toEqual(["deployments.created", "deployments.transitioned"]);
+  expect(mine()[1].payload.event).toMatchObject({ from_state: "trial", to_state: "active", reason: "converted", actor: "nina" });
+});
+
+test("50 concurrent transitions spread over two deployments nodes still leave a chain", async () => {
+  const api = client(base, await token({ tenant: uniq("race") }));
+  const id = (await api.post("/deployments", { slug: "race" })).body.deployment.id;
+  const targets = ["paused", "active", "past_due", "active", "cancelled", "active"];
+  const results = await Promise.all(Array.from({ length: 50 }, (_, i) => api.post(`/deployments/${id}/transition`, { to_state: targets[i % targets.length] })));
+  expect(results.every((r) => r.status === 200 || r.status === 422)).toBe(true);
+  const { events: log, deployment } = (await api.get(`/deployments/${id}`)).body;
+  expect(log.length).toBeGreaterThan(2);
+  for (let i = 1; i < log.length; i++) expect(log[i].from_state).toBe(log[i - 1].to_state);
+  expect(log.at(-1).to_state).toBe(deployment.state);
+});
