@@ -22,6 +22,8 @@ export const API_ALIASES: Record<string, string> = {
   "GET /addons": "v1.subscriptions.listAddons",
   "POST /addons": "v1.subscriptions.createAddon",
   "PATCH /addons/:code": "v1.subscriptions.updateAddon",
+  "GET /inventory": "v1.inventory.list",
+  "GET /inventory/:id": "v1.inventory.get",
 };
 export const PUBLIC_ALIASES: Record<string, string> = {
   "GET /health": "api.health",

@@ -2,12 +2,16 @@ import type { ServiceSchema } from "moleculer";
 import ApiService from "./api.service";
 import DeploymentsService from "./deployments.service";
 import SubscriptionsService from "./subscriptions.service";
+import InventoryService from "./inventory.service";
+import DnsService from "./dns.service";
 
 /** Every service a node can run; SERVICES=api,deployments picks some. */
 export const ALL_SERVICES: Record<string, ServiceSchema> = {
   api: ApiService,
   deployments: DeploymentsService,
   subscriptions: SubscriptionsService,
+  inventory: InventoryService,
+  dns: DnsService,
 };
 
 export function selectServices(list = process.env.SERVICES): ServiceSchema[] {

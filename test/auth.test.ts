@@ -15,7 +15,7 @@ afterAll(() => broker.stop());
 
 describe("401 for missing or bad tokens", () => {
   test("no token, not bearer, garbage", async () => {
-    for (const headers of [{}, { authorization: "Basic abc" }, { authorization: "Bearer not.a.jwt" }, { authorization: "Bearer " }]) {
+    for (const headers of [{} as Record<string, string>, { authorization: "Basic abc" }, { authorization: "Bearer not.a.jwt" }, { authorization: "Bearer " }]) {
       const res = await http(base, "GET", "/deployments", { headers });
       expect(res.status).toBe(401);
       expect(res.body).toMatchObject({ code: 401, name: expect.any(String), type: expect.any(String) });
@@ -85,7 +85,7 @@ describe("RS256 through a JWKS served on loopback", () => {
   let jwksServer: Server;
   let rsBroker: ServiceBroker;
   let rsBase: string;
-  let privateKey: CryptoKey;
+  let privateKey: Awaited<ReturnType<typeof generateKeyPair>>["privateKey"];
 
   beforeAll(async () => {
     const pair = await generateKeyPair("RS256");

@@ -1,0 +1,289 @@
+import { createHash, randomUUID } from "node:crypto";
+import { LockMode } from "@mikro-orm/core";
+import type { Context, ServiceSchema } from "moleculer";
+import type { EntityManager } from "@mikro-orm/postgresql";
+import { DnsRecord } from "../entities/dns-record";
+import { DbMixin, emOf } from "../lib/db";
+import { currentUser, visibleTo, type User } from "../lib/access";
+import { conflict, invalid, mapDbError, notFound } from "../lib/errors";
+import { iso } from "../lib/dto";
+import type { DigitalOceanClient, DomainRecord } from "../lib/digitalocean";
+import { doClientFrom, provider } from "../lib/provider";
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+const UUID_PARAM = { type: "string", pattern: UUID.source, messages: { stringPattern: "'{field}' must be a UUID" } };
+const SLUG = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$";
+const IPV4 = "^(25[0-5]|2[0-4]\\d|1\\d\\d|[1-9]?\\d)(\\.(25[0-5]|2[0-4]\\d|1\\d\\d|[1-9]?\\d)){3}$";
+const DOMAIN = /^(?=.{1,190}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]([a-z0-9-]{0,61}[a-z0-9])?$/;
+
+/**
+ * The DNS label that stands for a tenant in `<slug>.<tenant-label>.<DNS_DOMAIN>`.
+ *
+ * A tenant id that already is a plain DNS label (lowercase a-z, 0-9 and single '-', no '-' at either end,
+ * at most 63 characters) is used as it is: tenant `acme` → `acme`. Any other id is sanitised (lowercased,
+ * every character outside [a-z0-9-] becomes '-', runs of '-' collapse to one, '-' trimmed from both ends)
+ * and gets '-' plus the first 10 hex digits of the SHA-256 of the *original* id appended, the whole cut to 63
+ * characters: `Acme Corp` → `acme-corp-<hash>`, `ACME` → `acme-<hash>` (so it cannot take `acme`'s name),
+ * and an id with nothing usable left (`__`) → `t-<hash>`. Two different tenants end up on the same label only
+ * if a 40-bit hash collides or a tenant id literally is another id's hashed label; even then the unique fqdn
+ * in dns_records makes the second point fail with 409 DNS_NAME_TAKEN instead of taking the first one's name.
+ */
+export function tenantLabel(tenantId: string): string {
+  const sanitized = tenantId.toLowerCase().replace(/[^a-z0-9-]/g, "-").replace(/-{2,}/g, "-").replace(/^-+|-+$/g, "");
+  if (sanitized && sanitized === tenantId && sanitized.length <= 63) return sanitized;
+  const hash = createHash("sha256").update(tenantId, "utf8").digest("hex").slice(0, 10);
+  const base = sanitized.slice(0, 63 - hash.length - 1).replace(/-+$/, "");
+  return `${base || "t"}-${hash}`;
+}
+
+/** The A record name of a deployment, relative to the zone and fully qualified. */
+export function dnsName(slug: string, tenantId: string, domain: string): { name: string; fqdn: string } {
+  const name = `${slug}.${tenantLabel(tenantId)}`;
+  return { name, fqdn: `${name}.${domain}`.toLowerCase() };
+}
+
+export interface PointParams {
+  deployment_id: string;
+  tenant_id: string;
+  slug: string;
+  ipv4: string;
+}
+export interface DeploymentRefParams {
+  deployment_id: string;
+}
+type Ctx<P> = Context<P, { user?: User; $statusCode?: number }, any>;
+
+export function dnsRecordDto(r: DnsRecord) {
+  return {
+    id: r.id,
+    tenant_id: r.tenant_id,
+    deployment_id: r.deployment_id,
+    fqdn: r.fqdn,
+    domain: r.domain,
+    name: r.record_name,
+    type: r.type,
+    provider_record_id: r.provider_record_id == null ? null : Number(r.provider_record_id),
+    data: r.data,
+    previous_data: r.previous_data ?? null,
+    previous_provider_record_id: r.previous_provider_record_id == null ? null : Number(r.previous_provider_record_id),
+    created_by_us: r.created_by_us,
+    status: r.status,
+    inserted_at: iso(r.inserted_at),
+    updated_at: iso(r.updated_at),
+  };
+}
+export type DnsRecordDto = ReturnType<typeof dnsRecordDto>;
+
+/** What our next change will replace, as observed at the provider (or as recorded by an unfinished point). */
+interface Intent {
+  previous_data: string | null;
+  previous_provider_record_id: number | null;
+  created_by_us: boolean;
+}
+
+/**
+ * One A record per deployment (SPEC §5), kept with the value it replaced so the provisioning saga can revert it.
+ * `point` and `revert` are idempotent and are for the saga (visibility "public": no HTTP route). The provider is
+ * never called inside a database transaction: each provider call sits between two short transactions, the first
+ * recording the intent (status `pointing`), the second the outcome.
+ */
+const DnsService: ServiceSchema<any> = {
+  name: "dns",
+  version: 1,
+  mixins: [DbMixin([DnsRecord])],
+  settings: {
+    // The zone holding deployments' names; DNS_DOMAIN, default apps.arcadia.test (resolved in created()).
+    dnsDomain: undefined,
+    ttl: 300,
+    doApiUrl: undefined,
+    doToken: undefined,
+  },
+
+  created() {
+    const domain = String(this.settings.dnsDomain ?? process.env.DNS_DOMAIN ?? "apps.arcadia.test").toLowerCase().replace(/\.$/, "");
+    if (!DOMAIN.test(domain)) throw new Error(`DNS_DOMAIN ${JSON.stringify(domain)} is not a domain name`);
+    this.domain = domain;
+    this.doClient = doClientFrom(this.settings) as DigitalOceanClient;
+    // Per-name queue: two points (or a point and a revert) of one name in this node never interleave.
+    this.queues = new Map<string, Promise<unknown>>();
+  },
+
+  actions: {
+    /**
+     * Points `<slug>.<tenant-label>.<domain>` at `ipv4`. The provider is asked for an A record of that name first:
+     * an existing one is updated (its old value kept in previous_data), none is created (created_by_us). Pointing
+     * again at the same address changes nothing; at a new address it updates the record and keeps the address it
+     * replaced, so revert undoes the last change.
+     */
+    point: {
+      visibility: "public",
+      params: {
+        deployment_id: UUID_PARAM,
+        tenant_id: { type: "string", min: 1, max: 200 },
+        slug: { type: "string", pattern: SLUG, messages: { stringPattern: "'slug' must be a lowercase DNS label" } },
+        ipv4: { type: "string", pattern: IPV4, messages: { stringPattern: "'ipv4' must be an IPv4 address" } },
+      },
+      async handler(this: any, ctx: Ctx<PointParams>) {
+        const user = currentUser(ctx);
+        const p = ctx.params;
+        if (!visibleTo(user, p.tenant_id)) throw invalid("'tenant_id' must be your own tenant", [{ field: "tenant_id" }]);
+        const { name, fqdn } = dnsName(p.slug, p.tenant_id, this.domain);
+        return this.serial(fqdn, () => this.point(ctx, p, name, fqdn));
+      },
+    },
+
+    /**
+     * Undoes the last point: deletes the record if that point created it, else restores the previous value.
+     * A second revert, a deployment never pointed, or a record already gone at the provider: nothing to do.
+     */
+    revert: {
+      visibility: "public",
+      params: { deployment_id: UUID_PARAM },
+      async handler(this: any, ctx: Ctx<DeploymentRefParams>) {
+        const user = currentUser(ctx);
+        const row = await emOf(ctx).fork().findOne(DnsRecord, { deployment_id: ctx.params.deployment_id });
+        if (row && !visibleTo(user, row.tenant_id)) throw notFound("DNS record of deployment", ctx.params.deployment_id);
+        if (!row) return { dns_record: null, changed: false };
+        return this.serial(row.fqdn, () => this.revert(ctx, ctx.params.deployment_id));
+      },
+    },
+
+    get: {
+      visibility: "public",
+      params: { deployment_id: UUID_PARAM },
+      async handler(ctx: Ctx<DeploymentRefParams>) {
+        const user = currentUser(ctx);
+        const row = await emOf(ctx).findOne(DnsRecord, { deployment_id: ctx.params.deployment_id });
+        if (!row || !visibleTo(user, row.tenant_id)) throw notFound("DNS record of deployment", ctx.params.deployment_id);
+        return { dns_record: dnsRecordDto(row) };
+      },
+    },
+
+    ready: {
+      visibility: "public",
+      async handler(this: any) {
+        return { database: await this.dbReady() };
+      },
+    },
+  },
+
+  methods: {
+    async serial<T>(key: string, fn: () => Promise<T>): Promise<T> {
+      const queues: Map<string, Promise<unknown>> = this.queues;
+      const prev = queues.get(key) ?? Promise.resolve();
+      const run = prev.then(fn, fn);
+      const tail = run.catch(() => undefined);
+      queues.set(key, tail);
+      try {
+        return await run;
+      } finally {
+        if (queues.get(key) === tail) queues.delete(key);
+      }
+    },
+
+    /** A records of the name at the provider, ours (by id) first. */
+    async lookup(fqdn: string, recordId: number | null): Promise<DomainRecord | undefined> {
+      const client: DigitalOceanClient = this.doClient;
+      const found = await provider(() => client.listDomainRecords(this.domain, { type: "A", name: fqdn }));
+      return found.find((r) => recordId != null && r.id === Number(recordId)) ?? found[0];
+    },
+
+    async point(ctx: Ctx<PointParams>, p: PointParams, name: string, fqdn: string) {
+      const client: DigitalOceanClient = this.doClient;
+      const em: EntityManager = emOf(ctx).fork();
+      const [row, byName] = await Promise.all([
+        em.findOne(DnsRecord, { deployment_id: p.deployment_id }),
+        em.findOne(DnsRecord, { fqdn }),
+      ]);
+      if (byName && byName.deployment_id !== p.deployment_id && byName.status !== "reverted")
+        throw conflict(`${fqdn} already points to another deployment`, "DNS_NAME_TAKEN", { fqdn, deployment_id: byName.deployment_id });
+      if (row && row.tenant_id !== p.tenant_id) throw conflict(`Deployment ${p.deployment_id} has a DNS record of another tenant`, "DNS_TENANT_MISMATCH", { deployment_id: p.deployment_id });
+      if (row && row.fqdn !== fqdn && row.status !== "reverted")
+        throw conflict(`Deployment ${p.deployment_id} already points ${row.fqdn}; revert it first`, "DNS_NAME_MISMATCH", { fqdn: row.fqdn });
+
+      // 1. What the provider holds now (never a transaction open across this call).
+      const current = await this.lookup(fqdn, row?.provider_record_id ?? null);
+      const ours = row && row.fqdn === fqdn;
+      if (ours && row.status === "pointed" && row.data === p.ipv4 && current?.data === p.ipv4 && current.id === Number(row.provider_record_id))
+        return { dns_record: dnsRecordDto(row), changed: false };
+
+      // 2. The intent. An unfinished point to this address whose change is already visible keeps what it recorded
+      //    (it made the change: created the record, or replaced previous_data); otherwise the observation decides.
+      const resumed = ours && row.status === "pointing" && row.data === p.ipv4 && current?.data === p.ipv4;
+      const intent: Intent = resumed
+        ? { previous_data: row.previous_data ?? null, previous_provider_record_id: row.previous_provider_record_id ?? null, created_by_us: row.created_by_us }
+        : current
+          ? { previous_data: current.data, previous_provider_record_id: current.id, created_by_us: false }
+          : { previous_data: null, previous_provider_record_id: null, created_by_us: true };
+      await this.write(ctx, p.deployment_id, fqdn, (r: DnsRecord | null, tx: EntityManager, now: Date) => {
+        const fields = { tenant_id: p.tenant_id, fqdn, domain: this.domain, record_name: name, type: "A", data: p.ipv4, provider_record_id: current?.id ?? null, status: "pointing", updated_at: now, ...intent };
+        if (r) return tx.assign(r, fields as any);
+        tx.create(DnsRecord, { id: randomUUID(), deployment_id: p.deployment_id, inserted_at: now, ...fields } as any);
+      });
+
+      // 3. The change at the provider: update the record found by name, or create it. Never a second record.
+      let record: DomainRecord;
+      if (current && current.data === p.ipv4) record = current;
+      else if (current) record = await provider(() => client.updateDomainRecord(this.domain, current.id, { data: p.ipv4 }));
+      else record = await provider(() => client.createDomainRecord(this.domain, { type: "A", name, data: p.ipv4, ttl: this.settings.ttl }));
+
+      // 4. The outcome.
+      const saved = await this.write(ctx, p.deployment_id, fqdn, (r: DnsRecord | null, tx: EntityManager, now: Date) => {
+        if (!r) throw notFound("DNS record of deployment", p.deployment_id);
+        tx.assign(r, { provider_record_id: record.id, data: p.ipv4, status: "pointed", updated_at: now } as any);
+      });
+      const dto = dnsRecordDto(saved);
+      ctx.emit("dns.pointed", { dns_record: dto });
+      return { dns_record: dto, changed: true };
+    },
+
+    async revert(ctx: Ctx<DeploymentRefParams>, deploymentId: string) {
+      const client: DigitalOceanClient = this.doClient;
+      const row = await emOf(ctx).fork().findOne(DnsRecord, { deployment_id: deploymentId });
+      if (!row) return { dns_record: null, changed: false };
+      if (row.status === "reverted") return { dns_record: dnsRecordDto(row), changed: false };
+
+      // Only a record that still holds our address is ours to undo; one gone or changed by someone else is left alone.
+      const found = await provider(() => client.listDomainRecords(row.domain, { type: "A", name: row.fqdn }));
+      const ours = found.find((r) => r.id === Number(row.provider_record_id) && r.data === row.data) ?? found.find((r) => r.data === row.data);
+      if (ours) {
+        if (row.created_by_us) await provider(() => client.deleteDomainRecord(row.domain, ours.id)); // 404: already gone, fine
+        else if (row.previous_data && row.previous_data !== ours.data)
+          await provider(() => client.updateDomainRecord(row.domain, ours.id, { data: row.previous_data! }));
+      }
+      const saved = await this.write(ctx, deploymentId, row.fqdn, (r: DnsRecord | null, tx: EntityManager, now: Date) => {
+        if (!r) throw notFound("DNS record of deployment", deploymentId);
+        tx.assign(r, { status: "reverted", updated_at: now } as any);
+      });
+      const dto = dnsRecordDto(saved);
+      ctx.emit("dns.reverted", { dns_record: dto });
+      return { dns_record: dto, changed: true };
+    },
+
+    /**
+     * One short transaction on the deployment's row (locked). A reverted row of another deployment holding the
+     * same name is removed first, so a name freed by a revert can be pointed again.
+     */
+    async write(ctx: Ctx<unknown>, deploymentId: string, fqdn: string, apply: (r: DnsRecord | null, em: EntityManager, now: Date) => unknown): Promise<DnsRecord> {
+      try {
+        return await emOf(ctx).fork().transactional(async (tx) => {
+          const em = tx as EntityManager;
+          const stale = await em.findOne(DnsRecord, { fqdn, deployment_id: { $ne: deploymentId } }, { lockMode: LockMode.PESSIMISTIC_WRITE });
+          if (stale) {
+            if (stale.status !== "reverted") throw conflict(`${fqdn} already points to another deployment`, "DNS_NAME_TAKEN", { fqdn, deployment_id: stale.deployment_id });
+            em.remove(stale);
+            await em.flush();
+          }
+          const r = await em.findOne(DnsRecord, { deployment_id: deploymentId }, { lockMode: LockMode.PESSIMISTIC_WRITE });
+          apply(r, em, new Date());
+          await em.flush();
+          return (await em.findOne(DnsRecord, { deployment_id: deploymentId }))!;
+        });
+      } catch (err) {
+        mapDbError(err, () => conflict(`${fqdn} already points to another deployment`, "DNS_NAME_TAKEN", { fqdn }));
+      }
+    },
+  },
+};
+
+export default DnsService;

@@ -1,0 +1,336 @@
+import { randomUUID } from "node:crypto";
+import { LockMode, UniqueConstraintViolationException } from "@mikro-orm/core";
+import type { Context, ServiceSchema } from "moleculer";
+import type { EntityManager } from "@mikro-orm/postgresql";
+import { CloudResource, RESOURCE_KINDS, RESOURCE_PROVIDERS, RESOURCE_STATUSES, type ResourceStatus } from "../entities/cloud-resource";
+import { DbMixin, emOf } from "../lib/db";
+import { currentUser, tenantScope, visibleTo, type User } from "../lib/access";
+import { conflict, invalid, mapDbError, notFound } from "../lib/errors";
+import { decodeCursor, encodeCursor } from "../lib/pagination";
+import { iso, type Page } from "../lib/dto";
+import { doClientFrom, provider, SizeCache } from "../lib/provider";
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+const UUID_PARAM = { type: "string", pattern: UUID.source, messages: { stringPattern: "'{field}' must be a UUID" } };
+const IPV4 = "^(25[0-5]|2[0-4]\\d|1\\d\\d|[1-9]?\\d)(\\.(25[0-5]|2[0-4]\\d|1\\d\\d|[1-9]?\\d)){3}$";
+/** Statuses a provider reports; `destroyed` is ours and only markDestroyed sets it. */
+const LIVE_STATUSES = RESOURCE_STATUSES.filter((s) => s !== "destroyed");
+const REF_PARAMS = {
+  id: { ...UUID_PARAM, optional: true },
+  external_id: { type: "string", min: 1, max: 100, convert: true, optional: true },
+  provider: { type: "enum", values: RESOURCE_PROVIDERS, optional: true },
+};
+
+export interface ResourceRef {
+  /** Our id, or the provider's id (with `provider`, default digitalocean). */
+  id?: string;
+  external_id?: string;
+  provider?: (typeof RESOURCE_PROVIDERS)[number];
+}
+export interface RegisterParams {
+  provider?: (typeof RESOURCE_PROVIDERS)[number];
+  kind?: (typeof RESOURCE_KINDS)[number];
+  external_id: string;
+  name: string;
+  region: string;
+  size_slug: string;
+  ipv4?: string | null;
+  status?: Exclude<ResourceStatus, "destroyed">;
+  tags?: string[];
+  /** Without it, the provider's monthly price of `size_slug`. */
+  monthly_cost_cents?: number;
+  currency?: string;
+  tenant_id: string;
+  deployment_id?: string | null;
+  saga_id?: string | null;
+}
+export interface LinkParams extends ResourceRef {
+  deployment_id: string;
+}
+export interface UnlinkParams extends ResourceRef {
+  /** When given, unlink only if the resource is linked to this deployment. */
+  deployment_id?: string;
+}
+export interface ListParams {
+  tenant_id?: string;
+  deployment_id?: string;
+  saga_id?: string;
+  status?: ResourceStatus;
+  include_destroyed?: boolean;
+  limit?: number;
+  cursor?: string;
+}
+type Ctx<P> = Context<P, { user?: User; $statusCode?: number }, any>;
+
+export function resourceDto(r: CloudResource) {
+  return {
+    id: r.id,
+    provider: r.provider,
+    kind: r.kind,
+    external_id: r.external_id,
+    name: r.name,
+    region: r.region,
+    size_slug: r.size_slug,
+    ipv4: r.ipv4 ?? null,
+    status: r.status,
+    tags: [...(r.tags ?? [])],
+    monthly_cost_cents: r.monthly_cost_cents,
+    currency: r.currency,
+    tenant_id: r.tenant_id,
+    deployment_id: r.deployment_id ?? null,
+    saga_id: r.saga_id ?? null,
+    inserted_at: iso(r.inserted_at),
+    updated_at: iso(r.updated_at),
+    destroyed_at: iso(r.destroyed_at),
+  };
+}
+export type ResourceDto = ReturnType<typeof resourceDto>;
+
+/**
+ * Inventory of provider resources (SPEC §5). `list` and `get` are the tenant-scoped HTTP reads; `register`,
+ * `link`, `unlink` and `markDestroyed` are for the provisioning saga (visibility "public": callable by other
+ * services, never routed over HTTP), and are idempotent so a retried step changes nothing twice.
+ */
+const InventoryService: ServiceSchema<any> = {
+  name: "inventory",
+  version: 1,
+  mixins: [DbMixin([CloudResource])],
+  settings: {
+    // DigitalOcean API root and token; default to DO_API_URL / DO_TOKEN / the embedded simulator (lib/provider.ts).
+    doApiUrl: undefined,
+    doToken: undefined,
+    // How long the provider's size list (for monthly prices) is reused.
+    sizesTtlMs: 5 * 60_000,
+  },
+
+  created() {
+    this.doClient = doClientFrom(this.settings);
+    this.sizes = new SizeCache(this.doClient, this.settings.sizesTtlMs);
+  },
+
+  actions: {
+    /** Idempotent by (provider, external_id): a second register returns the same row with mutable fields updated. */
+    register: {
+      visibility: "public",
+      params: {
+        provider: { type: "enum", values: RESOURCE_PROVIDERS, optional: true },
+        kind: { type: "enum", values: RESOURCE_KINDS, optional: true },
+        external_id: { type: "string", min: 1, max: 100, convert: true },
+        name: { type: "string", min: 1, max: 255 },
+        region: { type: "string", min: 1, max: 64 },
+        size_slug: { type: "string", min: 1, max: 100 },
+        ipv4: { type: "string", pattern: IPV4, optional: true, nullable: true },
+        status: { type: "enum", values: LIVE_STATUSES, optional: true },
+        tags: { type: "array", items: { type: "string", min: 1, max: 255 }, max: 100, optional: true },
+        monthly_cost_cents: { type: "number", integer: true, min: 0, max: 100_000_000, optional: true },
+        currency: { type: "string", pattern: "^[A-Z]{3}$", optional: true },
+        tenant_id: { type: "string", min: 1, max: 200 },
+        deployment_id: { ...UUID_PARAM, optional: true, nullable: true },
+        saga_id: { type: "string", min: 1, max: 200, optional: true, nullable: true },
+      },
+      async handler(this: any, ctx: Ctx<RegisterParams>) {
+        const user = currentUser(ctx);
+        const p = ctx.params;
+        if (!visibleTo(user, p.tenant_id)) throw invalid("'tenant_id' must be your own tenant", [{ field: "tenant_id" }]);
+        // The price lookup is a provider call: made before, never inside, the transaction.
+        let cost = p.monthly_cost_cents;
+        if (cost === undefined) {
+          cost = await provider(() => this.sizes.monthlyCents(p.size_slug) as Promise<number | undefined>);
+          if (cost === undefined) throw invalid(`Unknown size '${p.size_slug}': the provider lists no price for it`, [{ field: "size_slug", type: "unknown_size" }]);
+        }
+        const input = { ...p, monthly_cost_cents: cost, provider: p.provider ?? "digitalocean" };
+        // A concurrent register of the same resource loses the insert race once, then updates the winner's row.
+        for (let attempt = 0; ; attempt++) {
+          try {
+            const { row, created, changed } = await emOf(ctx).fork().transactional((em) => this.upsert(em as EntityManager, input));
+            const dto = resourceDto(row);
+            if (created || changed) ctx.emit(created ? "inventory.registered" : "inventory.updated", { resource: dto });
+            return { resource: dto, created };
+          } catch (err) {
+            if (attempt === 0 && err instanceof UniqueConstraintViolationException) continue;
+            mapDbError(err);
+          }
+        }
+      },
+    },
+
+    /** Links a resource to a deployment. Linking again to the same deployment changes nothing. */
+    link: {
+      visibility: "public",
+      params: { ...REF_PARAMS, deployment_id: UUID_PARAM },
+      async handler(this: any, ctx: Ctx<LinkParams>) {
+        return this.mutate(ctx, ctx.params, (r: CloudResource) => {
+          if (r.deployment_id === ctx.params.deployment_id) return false;
+          if (r.deployment_id) throw conflict(`Cloud resource ${r.id} is linked to deployment ${r.deployment_id}; unlink it first`, "ALREADY_LINKED", { id: r.id, deployment_id: r.deployment_id });
+          if (r.status === "destroyed") throw conflict(`Cloud resource ${r.id} is destroyed`, "RESOURCE_DESTROYED", { id: r.id });
+          r.deployment_id = ctx.params.deployment_id;
+          return "inventory.linked";
+        });
+      },
+    },
+
+    /** Clears the deployment link; a no-op when there is none (or, with `deployment_id`, when it is another one). */
+    unlink: {
+      visibility: "public",
+      params: { ...REF_PARAMS, deployment_id: { ...UUID_PARAM, optional: true } },
+      async handler(this: any, ctx: Ctx<UnlinkParams>) {
+        return this.mutate(ctx, ctx.params, (r: CloudResource) => {
+          if (!r.deployment_id) return false;
+          if (ctx.params.deployment_id && r.deployment_id !== ctx.params.deployment_id) return false;
+          r.deployment_id = null;
+          return "inventory.unlinked";
+        });
+      },
+    },
+
+    /** Status `destroyed` and `destroyed_at`, once; everything else (the link included) is kept for history. */
+    markDestroyed: {
+      visibility: "public",
+      params: REF_PARAMS,
+      async handler(this: any, ctx: Ctx<ResourceRef>) {
+        return this.mutate(ctx, ctx.params, (r: CloudResource, now: Date) => {
+          if (r.status === "destroyed" && r.destroyed_at) return false;
+          r.status = "destroyed";
+          r.destroyed_at = now;
+          return "inventory.destroyed";
+        });
+      },
+    },
+
+    list: {
+      rest: "GET /inventory",
+      params: {
+        tenant_id: { type: "string", min: 1, max: 200, optional: true },
+        deployment_id: { ...UUID_PARAM, optional: true },
+        saga_id: { type: "string", min: 1, max: 200, optional: true },
+        status: { type: "enum", values: RESOURCE_STATUSES, optional: true },
+        include_destroyed: { type: "boolean", convert: true, optional: true },
+        limit: { type: "number", integer: true, min: 1, max: 200, convert: true, optional: true },
+        cursor: { type: "string", min: 1, max: 200, optional: true },
+      },
+      async handler(ctx: Ctx<ListParams>): Promise<Page<ResourceDto>> {
+        const user = currentUser(ctx);
+        const p = ctx.params;
+        const limit = p.limit ?? 50;
+        const scope = tenantScope(user);
+        // A tenant asking for another tenant's resources gets nothing, not someone else's rows.
+        if (scope && p.tenant_id && p.tenant_id !== scope) return { items: [], next_cursor: null };
+        const where: Record<string, unknown> = {};
+        const tenant = scope ?? p.tenant_id;
+        if (tenant) where.tenant_id = tenant;
+        if (p.deployment_id) where.deployment_id = p.deployment_id;
+        if (p.saga_id) where.saga_id = p.saga_id;
+        if (p.status) where.status = p.status;
+        // Destroyed resources are history: listed only when asked for.
+        else if (!p.include_destroyed) where.status = { $ne: "destroyed" };
+        if (p.cursor) {
+          const c = decodeCursor(p.cursor);
+          where.$or = [{ inserted_at: { $lt: c.insertedAt } }, { inserted_at: c.insertedAt, id: { $lt: c.id } }];
+        }
+        const rows = await emOf(ctx).find(CloudResource, where as any, { orderBy: [{ inserted_at: "desc" }, { id: "desc" }] as any, limit: limit + 1 });
+        const page = rows.slice(0, limit);
+        const last = page[page.length - 1];
+        return { items: page.map(resourceDto), next_cursor: rows.length > limit && last ? encodeCursor(last.inserted_at, last.id) : null };
+      },
+    },
+
+    get: {
+      rest: "GET /inventory/:id",
+      params: { id: { type: "string", optional: true }, external_id: REF_PARAMS.external_id, provider: REF_PARAMS.provider },
+      async handler(this: any, ctx: Ctx<ResourceRef>) {
+        const user = currentUser(ctx);
+        const r = await this.findRef(emOf(ctx), ctx.params);
+        if (!r || !visibleTo(user, r.tenant_id)) throw notFound("Cloud resource", ctx.params.id ?? ctx.params.external_id);
+        return { resource: resourceDto(r) };
+      },
+    },
+
+    ready: {
+      visibility: "public",
+      async handler(this: any) {
+        return { database: await this.dbReady() };
+      },
+    },
+  },
+
+  methods: {
+    async findRef(em: EntityManager, ref: ResourceRef, lock = false): Promise<CloudResource | null> {
+      const opts = lock ? { lockMode: LockMode.PESSIMISTIC_WRITE } : {};
+      if (ref.id) return UUID.test(ref.id) ? em.findOne(CloudResource, { id: ref.id }, opts) : null;
+      if (ref.external_id) return em.findOne(CloudResource, { provider: ref.provider ?? "digitalocean", external_id: String(ref.external_id) }, opts);
+      throw invalid("Give the resource's 'id' or its 'external_id'", [{ field: "id", type: "required" }]);
+    },
+
+    async upsert(em: EntityManager, p: RegisterParams & { monthly_cost_cents: number; provider: string }) {
+      const now = new Date();
+      const existing = await em.findOne(CloudResource, { provider: p.provider as any, external_id: p.external_id }, { lockMode: LockMode.PESSIMISTIC_WRITE });
+      if (!existing) {
+        const row = em.create(CloudResource, {
+          id: randomUUID(),
+          provider: p.provider,
+          kind: p.kind ?? "droplet",
+          external_id: p.external_id,
+          name: p.name,
+          region: p.region,
+          size_slug: p.size_slug,
+          ipv4: p.ipv4 ?? null,
+          status: p.status ?? "new",
+          tags: p.tags ?? [],
+          monthly_cost_cents: p.monthly_cost_cents,
+          currency: p.currency ?? "USD",
+          tenant_id: p.tenant_id,
+          deployment_id: p.deployment_id ?? null,
+          saga_id: p.saga_id ?? null,
+          inserted_at: now,
+          updated_at: now,
+          destroyed_at: null,
+        } as any);
+        await em.flush();
+        return { row, created: true, changed: true };
+      }
+      if (existing.tenant_id !== p.tenant_id)
+        throw conflict(`Resource ${p.provider}/${p.external_id} is registered to another tenant`, "RESOURCE_TENANT_MISMATCH", { provider: p.provider, external_id: p.external_id });
+      const patch: Partial<CloudResource> = { name: p.name, region: p.region, size_slug: p.size_slug, monthly_cost_cents: p.monthly_cost_cents };
+      if (p.ipv4 !== undefined) patch.ipv4 = p.ipv4;
+      if (p.tags !== undefined) patch.tags = p.tags;
+      if (p.currency !== undefined) patch.currency = p.currency;
+      if (p.saga_id !== undefined) patch.saga_id = p.saga_id;
+      if (p.deployment_id !== undefined) patch.deployment_id = p.deployment_id;
+      // destroyed is terminal: a late register (a retried step) does not bring a resource back.
+      if (p.status !== undefined && existing.status !== "destroyed") patch.status = p.status;
+      const changed = Object.entries(patch).some(([k, v]) => JSON.stringify((existing as any)[k] ?? null) !== JSON.stringify(v ?? null));
+      if (changed) {
+        em.assign(existing, { ...patch, updated_at: now } as any);
+        await em.flush();
+      }
+      return { row: existing, created: false, changed };
+    },
+
+    /** Loads the resource under a row lock, applies `change` (false: nothing to do; else the event to emit), commits. */
+    async mutate(ctx: Ctx<ResourceRef>, ref: ResourceRef, change: (r: CloudResource, now: Date) => string | false) {
+      const user = currentUser(ctx);
+      let event: string | false = false;
+      let row!: CloudResource;
+      try {
+        await emOf(ctx).fork().transactional(async (em) => {
+          const r = await this.findRef(em, ref, true);
+          if (!r || !visibleTo(user, r.tenant_id)) throw notFound("Cloud resource", ref.id ?? ref.external_id);
+          const now = new Date();
+          event = change(r, now);
+          if (event) {
+            r.updated_at = now;
+            await em.flush();
+          }
+          row = r;
+        });
+      } catch (err) {
+        mapDbError(err);
+      }
+      const dto = resourceDto(row);
+      if (event) ctx.emit(event, { resource: dto });
+      return { resource: dto, changed: !!event };
+    },
+  },
+};
+
+export default InventoryService;
