@@ -22,6 +22,8 @@ export const API_ALIASES: Record<string, string> = {
   "GET /addons": "v1.subscriptions.listAddons",
   "POST /addons": "v1.subscriptions.createAddon",
   "PATCH /addons/:code": "v1.subscriptions.updateAddon",
+  "GET /sagas/:id": "v1.provisioning.get",
+  "POST /sagas/:id/retry": "v1.provisioning.retry",
   "GET /inventory": "v1.inventory.list",
   "GET /inventory/:id": "v1.inventory.get",
 };
@@ -81,11 +83,12 @@ const ApiService: ServiceSchema<any> = {
         const checks: Record<string, string> = {};
         checks.transporter = !this.broker.transit || this.broker.transit.connected ? "ok" : "disconnected";
         const dbs = await Promise.all(
-          ["v1.deployments.ready", "v1.subscriptions.ready"].map((a) =>
+          // Every database-backed service this cluster runs answers for its own connection.
+          this.readyActions().map((a: string) =>
             ctx.call<{ database: boolean }, object>(a, {}, { timeout: 3000 }).then((r) => (r.database ? "ok" : "failed"), (e: Error) => `failed: ${e.message}`),
           ),
         );
-        checks.database = dbs.every((d) => d === "ok") ? "ok" : (dbs.find((d) => d !== "ok") as string);
+        checks.database = !dbs.length ? "no database service discovered" : dbs.every((d) => d === "ok") ? "ok" : (dbs.find((d) => d !== "ok") as string);
         const ok = Object.values(checks).every((c) => c === "ok");
         if (!ok) ctx.meta.$statusCode = 503;
         return { status: ok ? "ok" : "unavailable", checks };
@@ -94,6 +97,10 @@ const ApiService: ServiceSchema<any> = {
   },
 
   methods: {
+    readyActions(this: any): string[] {
+      const running = new Set<string>(this.broker.registry.getServiceList({ onlyAvailable: true }).map((s: { fullName: string }) => s.fullName));
+      return ["v1.deployments", "v1.subscriptions", "v1.inventory", "v1.dns", "v1.provisioning", "v1.billing"].filter((s) => running.has(s)).map((s) => `${s}.ready`);
+    },
     async authenticate(this: any, _ctx: Context, _route: unknown, req: Req, _res: unknown, alias: { action?: string }): Promise<User | null> {
       if (alias?.action && Object.values(PUBLIC_ALIASES).includes(alias.action)) return null;
       const header = req.headers.authorization;

@@ -4,7 +4,8 @@ import type { Context, ServiceSchema } from "moleculer";
 import { Errors } from "moleculer";
 import { Deployment, DeploymentEvent, DEPLOYMENT_STATES, LLM_MODES, type DeploymentState } from "../entities/deployment";
 import { DbMixin, emOf } from "../lib/db";
-import { currentUser, tenantScope, visibleTo, type User } from "../lib/access";
+import { currentUser, systemUser, tenantScope, visibleTo, type User } from "../lib/access";
+import { compensationHandler } from "../lib/compensation";
 import { conflict, invalid, invalidTransition, mapDbError, notFound } from "../lib/errors";
 import { canTransition } from "../lib/lifecycle";
 import { decodeCursor, encodeCursor } from "../lib/pagination";
@@ -140,7 +141,14 @@ const DeploymentsService: ServiceSchema<any> = {
           ctx.meta.$statusCode = 201;
           return { deployment: dto };
         }
-        const saga = await this.startProvisioning(ctx, dto);
+        let saga;
+        try {
+          saga = await this.startProvisioning(ctx, dto);
+        } catch (err) {
+          // No saga owns it: do not leave the deployment stuck in provisioning.
+          await this.transition(ctx, { id: dto.id, to_state: "cancelled", reason: "provisioning_unavailable", notes: (err as Error).message }, true);
+          throw new Errors.MoleculerError(`Provisioning could not start: ${(err as Error).message}`, 503, "PROVISIONING_UNAVAILABLE", { deployment_id: dto.id });
+        }
         ctx.meta.$statusCode = 202;
         return { deployment: dto, saga };
       },
@@ -212,12 +220,44 @@ const DeploymentsService: ServiceSchema<any> = {
       },
     },
 
+    /** Saga step mark_deployment_provisioning: the deployment exists, is visible and is still provisioning. */
+    markProvisioning: {
+      visibility: "public",
+      params: { id: { type: "string" } },
+      async handler(this: any, ctx: Ctx<IdParams>) {
+        const d = await this.findVisible(ctx, ctx.params.id);
+        if (d.state !== "provisioning") throw new Errors.MoleculerError(`Deployment ${d.id} is ${d.state}, not provisioning`, 409, "NOT_PROVISIONING", { state: d.state });
+        return { deployment: deploymentDto(d) };
+      },
+    },
+
+    /** Saga step activate_deployment: the one move out of provisioning besides the rollback. Idempotent. */
+    activateProvisioned: {
+      visibility: "public",
+      params: { id: { type: "string" } },
+      async handler(this: any, ctx: Ctx<IdParams>) {
+        return this.transition(ctx, { id: ctx.params.id, to_state: "active", reason: "provisioned" }, true);
+      },
+    },
+
     ready: {
       visibility: "public",
       async handler(this: any) {
         return { database: await this.dbReady() };
       },
     },
+  },
+
+  events: {
+    /** Rollback of a provisioning saga: a deployment still provisioning ends cancelled. */
+    "provisioning.compensate.deployments": compensationHandler(async function (this: any, req, ctx) {
+      const ectx = ctx as unknown as Ctx<unknown>;
+      ectx.locals.em = this.orm.em.fork();
+      (ectx.meta as any).user = systemUser("provisioning");
+      const d = await emOf(ectx).findOne(Deployment, { id: req.deployment_id });
+      if (!d || d.state !== "provisioning") return;
+      await this.transition(ectx, { id: req.deployment_id, to_state: "cancelled", reason: "provisioning_failed", notes: `saga ${req.saga_id}` }, true);
+    }),
   },
 
   methods: {

@@ -5,6 +5,8 @@ import type { EntityManager } from "@mikro-orm/postgresql";
 import { DnsRecord } from "../entities/dns-record";
 import { DbMixin, emOf } from "../lib/db";
 import { currentUser, visibleTo, type User } from "../lib/access";
+import { systemUser } from "../lib/access";
+import { compensationHandler } from "../lib/compensation";
 import { conflict, invalid, mapDbError, notFound } from "../lib/errors";
 import { iso } from "../lib/dto";
 import type { DigitalOceanClient, DomainRecord } from "../lib/digitalocean";
@@ -165,6 +167,13 @@ const DnsService: ServiceSchema<any> = {
         return { database: await this.dbReady() };
       },
     },
+  },
+
+  events: {
+    /** Rollback of a provisioning saga: restore the name's previous value, or delete the record we created. */
+    "provisioning.compensate.dns": compensationHandler(async function (this: any, req, ctx) {
+      await ctx.call("v1.dns.revert", { deployment_id: req.deployment_id }, { meta: { user: systemUser("provisioning") } });
+    }),
   },
 
   methods: {

@@ -4,6 +4,7 @@ import DeploymentsService from "./deployments.service";
 import SubscriptionsService from "./subscriptions.service";
 import InventoryService from "./inventory.service";
 import DnsService from "./dns.service";
+import ProvisioningService from "./provisioning.service";
 
 /** Every service a node can run; SERVICES=api,deployments picks some. */
 export const ALL_SERVICES: Record<string, ServiceSchema> = {
@@ -12,6 +13,7 @@ export const ALL_SERVICES: Record<string, ServiceSchema> = {
   subscriptions: SubscriptionsService,
   inventory: InventoryService,
   dns: DnsService,
+  provisioning: ProvisioningService,
 };
 
 export function selectServices(list = process.env.SERVICES): ServiceSchema[] {

@@ -4,11 +4,13 @@ import type { Context, ServiceSchema } from "moleculer";
 import type { EntityManager } from "@mikro-orm/postgresql";
 import { CloudResource, RESOURCE_KINDS, RESOURCE_PROVIDERS, RESOURCE_STATUSES, type ResourceStatus } from "../entities/cloud-resource";
 import { DbMixin, emOf } from "../lib/db";
-import { currentUser, tenantScope, visibleTo, type User } from "../lib/access";
+import { currentUser, requireOperator, systemUser, tenantScope, visibleTo, type User } from "../lib/access";
 import { conflict, invalid, mapDbError, notFound } from "../lib/errors";
 import { decodeCursor, encodeCursor } from "../lib/pagination";
 import { iso, type Page } from "../lib/dto";
 import { doClientFrom, provider, SizeCache } from "../lib/provider";
+import { publicIPv4, type CreateDropletInput, type CreateDropletResult, type Droplet } from "../lib/digitalocean";
+import { compensationHandler } from "../lib/compensation";
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 const UUID_PARAM = { type: "string", pattern: UUID.source, messages: { stringPattern: "'{field}' must be a UUID" } };
@@ -61,6 +63,11 @@ export interface ListParams {
   cursor?: string;
 }
 type Ctx<P> = Context<P, { user?: User; $statusCode?: number }, any>;
+
+/** A droplet as the saga needs it: id, status, public IPv4, placement and tags. */
+export function dropletDto(d: Droplet) {
+  return { id: d.id, name: d.name, status: d.status, ipv4: publicIPv4(d) ?? null, region: (d as any).region?.slug ?? null, size_slug: (d as any).size_slug ?? null, tags: d.tags ?? [] };
+}
 
 export function resourceDto(r: CloudResource) {
   return {
@@ -251,6 +258,75 @@ const InventoryService: ServiceSchema<any> = {
         return { database: await this.dbReady() };
       },
     },
+
+    // ---- the provider side: droplets, for the provisioning saga (operators and the system user only) ----
+    createDroplet: {
+      visibility: "public",
+      params: {
+        name: { type: "string", min: 1, max: 255 },
+        region: { type: "string", min: 1, max: 64 },
+        size: { type: "string", min: 1, max: 100 },
+        image: { type: "string", min: 1, max: 200 },
+        tags: { type: "array", items: "string", max: 50, optional: true },
+      },
+      async handler(this: any, ctx: Ctx<CreateDropletInput>) {
+        requireOperator(ctx);
+        // Never retried here: a create in doubt is settled by the caller looking the saga's tag up.
+        const res = await provider(() => this.doClient.createDroplet(ctx.params) as Promise<CreateDropletResult>);
+        return { droplet: dropletDto(res.droplet) };
+      },
+    },
+    getDroplet: {
+      visibility: "public",
+      params: { id: { type: "number", integer: true, convert: true } },
+      async handler(this: any, ctx: Ctx<{ id: number }>) {
+        requireOperator(ctx);
+        return { droplet: dropletDto(await provider(() => this.doClient.getDroplet(ctx.params.id) as Promise<Droplet>)) };
+      },
+    },
+    dropletsByTag: {
+      visibility: "public",
+      params: { tag: { type: "string", min: 1, max: 255 } },
+      async handler(this: any, ctx: Ctx<{ tag: string }>) {
+        requireOperator(ctx);
+        const droplets: Droplet[] = await provider(() => this.doClient.listDropletsByTag(ctx.params.tag));
+        return { droplets: droplets.map(dropletDto) };
+      },
+    },
+    destroyDroplet: {
+      visibility: "public",
+      params: { id: { type: "number", integer: true, convert: true } },
+      async handler(this: any, ctx: Ctx<{ id: number }>) {
+        requireOperator(ctx);
+        return { destroyed: await provider(() => this.doClient.deleteDroplet(ctx.params.id) as Promise<boolean>) };
+      },
+    },
+  },
+
+  events: {
+    /** Rollback of a provisioning saga: destroy its droplets (by tag), mark the resource destroyed, unlink it. */
+    "provisioning.compensate.inventory": compensationHandler(async function (this: any, req, ctx) {
+      const meta = { user: systemUser("provisioning") };
+      const ref = req.resource_id ? { id: req.resource_id } : req.droplet_id ? { external_id: String(req.droplet_id) } : null;
+      const ignoreAbsent = (err: any) => {
+        if (err?.code !== 404) throw err;
+      };
+      if (req.op === "destroyDroplets") {
+        if (!req.tag) return;
+        const tag = req.tag as string;
+        await provider(() => this.doClient.deleteDropletsByTag(tag));
+        const left: Droplet[] = await provider(() => this.doClient.listDropletsByTag(tag));
+        if (left.length) throw new Error(`${left.length} droplet(s) tagged ${tag} still exist`);
+        // Rows registered for these droplets are gone with them.
+        if (req.droplet_id) await ctx.call("v1.inventory.markDestroyed", { external_id: String(req.droplet_id) }, { meta }).catch(ignoreAbsent);
+      } else if (req.op === "markDestroyed") {
+        if (ref) await ctx.call("v1.inventory.markDestroyed", ref, { meta }).catch(ignoreAbsent);
+      } else if (req.op === "unlink") {
+        if (ref) await ctx.call("v1.inventory.unlink", { ...ref, deployment_id: req.deployment_id }, { meta }).catch(ignoreAbsent);
+      } else {
+        throw new Error(`unknown inventory compensation '${req.op}'`);
+      }
+    }),
   },
 
   methods: {

@@ -36,8 +36,8 @@ export const STEPS: StepDef[] = [
     run: async ({ call, saga, outputs }) => (await call("v1.inventory.link", { id: outputs.register_inventory.resource_id, deployment_id: saga.deployment_id }), {}) },
   { name: "point_deployment_dns", forward: "v1.dns.point", compensation: { owner: "dns", op: "revert" },
     run: async ({ call, saga, outputs }) => {
-      const { record } = await call("v1.dns.point", { deployment_id: saga.deployment_id, tenant_id: saga.tenant_id, slug: saga.input.slug, ipv4: outputs.wait_droplet_active.ipv4 });
-      return { fqdn: record.fqdn, record_id: record.provider_record_id, ipv4: record.data };
+      const { dns_record } = await call("v1.dns.point", { deployment_id: saga.deployment_id, tenant_id: saga.tenant_id, slug: saga.input.slug, ipv4: outputs.wait_droplet_active.ipv4 });
+      return { fqdn: dns_record.fqdn, record_id: dns_record.provider_record_id, ipv4: dns_record.data };
     } },
   { name: "activate_deployment", forward: "v1.deployments.activateProvisioned",
     run: async ({ call, saga }) => (await call("v1.deployments.activateProvisioned", { id: saga.deployment_id }), {}) },

@@ -13,13 +13,14 @@ export const ADMIN = systemUser("test");
  * A real broker running the named services. With `nats: true` it joins the machine's NATS under a namespace
  * private to this test run, so several brokers in one test form a cluster and other runs stay out.
  */
-export async function startNode(names: string[], opts: { nats?: boolean | string; nodeID?: string; settings?: Record<string, Record<string, unknown>> } = {}) {
+export async function startNode(names: string[], opts: { nats?: boolean | string; nodeID?: string; settings?: Record<string, Record<string, unknown>>; middlewares?: any[] } = {}) {
   const namespace = typeof opts.nats === "string" ? opts.nats : undefined;
   const broker = new ServiceBroker({
     ...brokerConfig({ ...process.env, TRANSPORTER: opts.nats ? process.env.TEST_NATS_URL : "", METRICS_PORT: "" }),
     logger: false,
     namespace: namespace ?? uniq("ns"),
     nodeID: opts.nodeID ?? uniq("node"),
+    middlewares: opts.middlewares ?? [],
   });
   for (const name of names) {
     const schema: ServiceSchema = ALL_SERVICES[name];
@@ -82,4 +83,33 @@ export async function waitFor<T>(fn: () => Promise<T | undefined | null | false>
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, intervalMs));
   }
+}
+
+/**
+ * Fault injection for our own actions, as the simulator's control API does for the provider: the named action
+ * really runs unless a fault is armed, and then fails the next `count` calls with the given error.
+ */
+export function actionFaults() {
+  const armed = new Map<string, { count: number; error: () => Error }>();
+  return {
+    middleware: {
+      name: "TestActionFaults",
+      localAction(next: (ctx: any) => Promise<unknown>, action: { name: string }) {
+        return (ctx: any) => {
+          const f = armed.get(action.name);
+          if (f && f.count !== 0) {
+            f.count--;
+            return Promise.reject(f.error());
+          }
+          return next(ctx);
+        };
+      },
+    },
+    fail(action: string, error: () => Error, count = -1) {
+      armed.set(action, { count, error });
+    },
+    clear() {
+      armed.clear();
+    },
+  };
 }
