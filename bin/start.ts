@@ -3,6 +3,7 @@ import { brokerConfig } from "../moleculer.config";
 import { migrate } from "../lib/db";
 import { startEmbeddedPostgres } from "../lib/embedded-postgres";
 import { selectServices } from "../services";
+import { startSimulator } from "../sim/simulator";
 
 const DB_SERVICES = ["deployments", "subscriptions", "inventory", "dns", "provisioning", "billing"];
 
@@ -21,9 +22,18 @@ async function main() {
   }
   if (needsDb) await migrate();
 
+  // Without a real provider the embedded mode brings its own DigitalOcean simulator.
+  const needsProvider = services.some((s) => ["inventory", "dns", "provisioning", "billing"].includes(s.name as string));
+  let sim: Awaited<ReturnType<typeof startSimulator>> | null = null;
+  if (needsProvider && !process.env.DO_API_URL) {
+    sim = await startSimulator({ port: Number(process.env.SIM_PORT ?? 3001), host: process.env.SIM_HOST ?? "127.0.0.1" });
+    process.env.DO_API_URL = sim.url;
+  }
+
   const broker = new ServiceBroker({
     ...brokerConfig(),
     stopped: async () => {
+      await sim?.close();
       await embedded?.stop();
     },
   });
@@ -34,9 +44,10 @@ async function main() {
     const port = process.env.PORT ?? 3000;
     const base = `http://127.0.0.1:${port}/api/v1`;
     console.log(`
-arcadia-cloud is up${embedded ? ` (embedded PostgreSQL in ${embedded.dataDir})` : ""}: ${base}
+arcadia-cloud is up${embedded ? ` (embedded PostgreSQL in ${embedded.dataDir})` : ""}: ${base}${sim ? `\n  DigitalOcean simulator: ${sim.url} (control API: ${sim.url}/v2/_sim/state)` : ""}
   get a token:   TOKEN=$(npm run --silent token -- --tenant acme --roles admin)
   first call:    curl -s -H "Authorization: Bearer $TOKEN" ${base}/deployments
+  provision:     curl -s -H "Authorization: Bearer $TOKEN" -H 'content-type: application/json' -d '{"slug":"shop","provision":true}' ${base}/deployments
   operator:      npm run --silent token -- --roles platform-admin
 `);
   }
