@@ -4,6 +4,7 @@ import { migrate } from "../lib/db";
 import { startEmbeddedPostgres } from "../lib/embedded-postgres";
 import { selectServices } from "../services";
 import { startSimulator } from "../sim/simulator";
+import { replCommands } from "../lib/repl-commands";
 
 const DB_SERVICES = ["deployments", "subscriptions", "inventory", "dns", "provisioning", "billing"];
 
@@ -32,6 +33,7 @@ async function main() {
 
   const broker = new ServiceBroker({
     ...brokerConfig(),
+    replOptions: { customCommands: replCommands } as any,
     stopped: async () => {
       await sim?.close();
       await embedded?.stop();

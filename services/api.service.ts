@@ -26,6 +26,8 @@ export const API_ALIASES: Record<string, string> = {
   "POST /sagas/:id/retry": "v1.provisioning.retry",
   "GET /inventory": "v1.inventory.list",
   "GET /inventory/:id": "v1.inventory.get",
+  "GET /billing/balance": "v1.billing.balance",
+  "GET /dashboard/margin": "v1.billing.margin",
 };
 export const PUBLIC_ALIASES: Record<string, string> = {
   "GET /health": "api.health",

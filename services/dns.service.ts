@@ -4,7 +4,7 @@ import type { Context, ServiceSchema } from "moleculer";
 import type { EntityManager } from "@mikro-orm/postgresql";
 import { DnsRecord } from "../entities/dns-record";
 import { DbMixin, emOf } from "../lib/db";
-import { currentUser, visibleTo, type User } from "../lib/access";
+import { currentUser, requireOperator, visibleTo, type User } from "../lib/access";
 import { systemUser } from "../lib/access";
 import { compensationHandler } from "../lib/compensation";
 import { conflict, invalid, mapDbError, notFound } from "../lib/errors";
@@ -158,6 +158,21 @@ const DnsService: ServiceSchema<any> = {
         const row = await emOf(ctx).findOne(DnsRecord, { deployment_id: ctx.params.deployment_id });
         if (!row || !visibleTo(user, row.tenant_id)) throw notFound("DNS record of deployment", ctx.params.deployment_id);
         return { dns_record: dnsRecordDto(row) };
+      },
+    },
+
+    /**
+     * Every dns_records row (optionally of one fqdn), with the zone this service writes to: the inventory
+     * service's drift check compares them with the provider (docs/drift.md). Operators and the system user only.
+     */
+    listAll: {
+      visibility: "public",
+      params: { fqdn: { type: "string", min: 1, max: 255, optional: true } },
+      async handler(this: any, ctx: Ctx<{ fqdn?: string }>) {
+        requireOperator(ctx);
+        const where = ctx.params.fqdn ? { fqdn: ctx.params.fqdn.toLowerCase().replace(/\.$/, "") } : {};
+        const rows = await emOf(ctx).find(DnsRecord, where, { orderBy: { inserted_at: "asc", id: "asc" } });
+        return { domain: this.domain, items: rows.map(dnsRecordDto) };
       },
     },
 

@@ -5,6 +5,7 @@ import SubscriptionsService from "./subscriptions.service";
 import InventoryService from "./inventory.service";
 import DnsService from "./dns.service";
 import ProvisioningService from "./provisioning.service";
+import BillingService from "./billing.service";
 
 /** Every service a node can run; SERVICES=api,deployments picks some. */
 export const ALL_SERVICES: Record<string, ServiceSchema> = {
@@ -14,6 +15,7 @@ export const ALL_SERVICES: Record<string, ServiceSchema> = {
   inventory: InventoryService,
   dns: DnsService,
   provisioning: ProvisioningService,
+  billing: BillingService,
 };
 
 export function selectServices(list = process.env.SERVICES): ServiceSchema[] {

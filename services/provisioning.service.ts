@@ -132,6 +132,15 @@ const ProvisioningService: ServiceSchema<any> = {
         return { saga: await this.visibleSaga(ctx, saga.id) };
       },
     },
+    /** Operators' overview (REPL `sagas`): newest first, optionally by status. */
+    list: {
+      visibility: "public",
+      params: { status: { type: "enum", values: ["running", "succeeded", "compensating", "compensated", "compensation_failed"], optional: true }, limit: { type: "number", integer: true, min: 1, max: 200, convert: true, optional: true } },
+      async handler(this: any, ctx: Ctx<{ status?: SagaStatus; limit?: number }>) {
+        requireOperator(ctx);
+        return { items: await this.engine.list(ctx.params.status, ctx.params.limit ?? 50), next_cursor: null };
+      },
+    },
     forDeployment: {
       visibility: "public",
       params: { deployment_id: "string" },

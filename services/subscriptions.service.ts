@@ -257,6 +257,57 @@ const SubscriptionsService: ServiceSchema<any> = {
         return this.subscriptionDto(em, s);
       },
     },
+    /**
+     * Internal, operators only (the billing service): every `active` subscription with what it is billed at — its
+     * plan version's price and currency and its addons at their snapshotted unit price and qty — optionally for
+     * one tenant. Keyset-paginated by subscription id (`cursor` = the previous page's `next_cursor`).
+     */
+    listForRevenue: {
+      visibility: "public",
+      params: {
+        tenant_id: { type: "string", min: 1, max: 200, optional: true },
+        limit: { type: "number", integer: true, min: 1, max: 1000, convert: true, optional: true },
+        cursor: { type: "uuid", optional: true },
+      },
+      async handler(ctx: Ctx<{ tenant_id?: string; limit?: number; cursor?: string }>) {
+        requireOperator(ctx);
+        const p = ctx.params;
+        const limit = p.limit ?? 500;
+        const em = emOf(ctx);
+        const where: Record<string, unknown> = { status: "active" };
+        if (p.tenant_id) where.tenant_id = p.tenant_id;
+        if (p.cursor) where.id = { $gt: p.cursor };
+        const rows = await em.find(Subscription, where as any, { orderBy: { id: "asc" }, limit: limit + 1 });
+        const page = rows.slice(0, limit);
+        const ids = page.map((s) => s.id);
+        const versionIds = [...new Set(page.map((s) => s.plan_version_id))];
+        const [versions, addons] = await Promise.all([
+          versionIds.length ? em.find(PlanVersion, { id: { $in: versionIds } }) : [],
+          ids.length ? em.find(SubscriptionAddon, { subscription_id: { $in: ids } }, { orderBy: { attached_at: "asc", addon_code: "asc" } }) : [],
+        ]);
+        const versionById = new Map(versions.map((v) => [v.id, v]));
+        const addonsBySub = new Map<string, SubscriptionAddon[]>();
+        for (const a of addons) {
+          const list = addonsBySub.get(a.subscription_id);
+          if (list) list.push(a);
+          else addonsBySub.set(a.subscription_id, [a]);
+        }
+        const items = page.map((s) => {
+          const v = versionById.get(s.plan_version_id)!;
+          return {
+            subscription_id: s.id,
+            deployment_id: s.deployment_id,
+            tenant_id: s.tenant_id,
+            status: s.status,
+            plan_code: s.plan_code,
+            plan_version: { id: v.id, version: v.version, price_cents: v.price_cents, currency: v.currency },
+            trial_ends_at: iso(s.trial_ends_at),
+            addons: (addonsBySub.get(s.id) ?? []).map((a) => ({ code: a.addon_code, unit_price_cents: a.unit_price_cents, currency: a.currency, qty: a.qty })),
+          };
+        });
+        return { items, next_cursor: rows.length > limit && page.length ? page[page.length - 1].id : null };
+      },
+    },
     ready: {
       visibility: "public",
       async handler(this: any) {

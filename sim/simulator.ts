@@ -138,8 +138,9 @@ export async function startSimulator(opts: SimulatorOptions = {}): Promise<Simul
   let domains = new Map<string, Map<number, SimDomainRecord>>();
   let faults: SimFault[] = [];
   let requests: Record<string, number> = {};
-  let nextDropletId = 3164444;
-  let nextRecordId = 28448429;
+  // Ids start from the clock so a restarted simulator never hands out an id a persisted database already knows.
+  let nextDropletId = Math.floor(Date.now() / 1000) * 10;
+  let nextRecordId = Math.floor(Date.now() / 1000) * 10;
   let nextFaultId = 1;
   let window = { start: Date.now(), used: 0 };
 

@@ -155,6 +155,13 @@ export class SagaEngine {
     return { saga, steps: await em.find(SagaStep, { saga_id: id }, { orderBy: { idx: "asc" } }) };
   }
 
+  async list(status: SagaStatus | undefined, limit: number): Promise<SagaDto[]> {
+    const em = this.em();
+    const sagas = await em.find(Saga, status ? { status } : {}, { orderBy: { started_at: "desc" }, limit });
+    const steps = sagas.length ? await em.find(SagaStep, { saga_id: { $in: sagas.map((s) => s.id) } }) : [];
+    return sagas.map((s) => sagaDto(s, steps.filter((st) => st.saga_id === s.id)));
+  }
+
   async newestFor(deploymentId: string) {
     const saga = await this.em().findOne(Saga, { deployment_id: deploymentId }, { orderBy: { started_at: "desc" } });
     return saga ? this.get(saga.id) : null;
