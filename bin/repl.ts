@@ -1,6 +1,6 @@
 import { ServiceBroker } from "moleculer";
 import { brokerConfig } from "../moleculer.config";
-import { replCommands } from "../lib/repl-commands";
+import { replCommands, startRepl } from "../lib/repl-commands";
 
 /**
  * `npm run repl`: joins the cluster over NATS (TRANSPORTER, default nats://127.0.0.1:4222) as a node without
@@ -12,14 +12,7 @@ async function main() {
   await broker.start();
   // Commands piped in run at once: wait until the cluster's services are known.
   await broker.waitForServices(["v1.deployments"], Number(process.env.REPL_DISCOVERY_MS ?? 10_000)).catch(() => console.error("warning: v1.deployments not discovered yet"));
-  const server = broker.repl() as unknown as { eval: (...args: any[]) => void };
-  // Node's REPL evaluates a piped line before the previous async command has finished: queue them, so
-  // `printf 'a\nb\nquit\n' | npm run repl` prints a's rows, then b's, then quits.
-  const evaluate = server.eval;
-  let queue = Promise.resolve();
-  server.eval = (cmd: string, context: unknown, file: string, cb: (...args: unknown[]) => void) => {
-    queue = queue.then(() => new Promise<void>((done) => evaluate.call(server, cmd, context, file, (...args: unknown[]) => (cb(...args), done()))));
-  };
+  startRepl(broker);
 }
 
 main().catch((err) => {

@@ -4,7 +4,7 @@ import { migrate } from "../lib/db";
 import { startEmbeddedPostgres } from "../lib/embedded-postgres";
 import { selectServices } from "../services";
 import { startSimulator } from "../sim/simulator";
-import { replCommands } from "../lib/repl-commands";
+import { replCommands, startRepl } from "../lib/repl-commands";
 
 const DB_SERVICES = ["deployments", "subscriptions", "inventory", "dns", "provisioning", "billing"];
 
@@ -53,7 +53,7 @@ arcadia-cloud is up${embedded ? ` (embedded PostgreSQL in ${embedded.dataDir})` 
   operator:      npm run --silent token -- --roles platform-admin
 `);
   }
-  if (process.argv.includes("--repl")) broker.repl();
+  if (process.argv.includes("--repl")) startRepl(broker);
 }
 
 main().catch((err) => {

@@ -120,3 +120,17 @@ export const replCommands = [
       }),
   },
 ];
+
+/**
+ * Starts moleculer-repl (the broker needs `replOptions: {customCommands: replCommands}`). Node's REPL evaluates a
+ * piped line before the previous async command has finished: queue them, so `printf 'a\nb\nquit\n' | npm run repl`
+ * prints a's rows, then b's, then quits.
+ */
+export function startRepl(broker: ServiceBroker) {
+  const server = broker.repl() as unknown as { eval: (...args: any[]) => void };
+  const evaluate = server.eval;
+  let queue = Promise.resolve();
+  server.eval = (cmd: string, context: unknown, file: string, cb: (...args: unknown[]) => void) => {
+    queue = queue.then(() => new Promise<void>((done) => evaluate.call(server, cmd, context, file, (...args: unknown[]) => (cb(...args), done()))));
+  };
+}

@@ -2,14 +2,16 @@ import { randomUUID } from "node:crypto";
 import { LockMode, UniqueConstraintViolationException } from "@mikro-orm/core";
 import type { Context, ServiceSchema } from "moleculer";
 import type { EntityManager } from "@mikro-orm/postgresql";
+import { Errors } from "moleculer";
 import { CloudResource, RESOURCE_KINDS, RESOURCE_PROVIDERS, RESOURCE_STATUSES, type ResourceStatus } from "../entities/cloud-resource";
+import { DriftAction, DRIFT_ACTIONS, DRIFT_RESOURCES, type DriftActionName, type DriftActionResult, type DriftResource } from "../entities/drift-action";
 import { DbMixin, emOf } from "../lib/db";
 import { currentUser, requireOperator, systemUser, tenantScope, visibleTo, type User } from "../lib/access";
 import { conflict, invalid, mapDbError, notFound } from "../lib/errors";
 import { decodeCursor, encodeCursor } from "../lib/pagination";
 import { iso, type Page } from "../lib/dto";
-import { doClientFrom, provider, SizeCache } from "../lib/provider";
-import { publicIPv4, type CreateDropletInput, type CreateDropletResult, type Droplet } from "../lib/digitalocean";
+import { doClientFrom, provider, providerError, SizeCache } from "../lib/provider";
+import { DigitalOceanError, monthlyCostCents, publicIPv4, type CreateDropletInput, type CreateDropletResult, type Droplet, type DomainRecord } from "../lib/digitalocean";
 import { compensationHandler } from "../lib/compensation";
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
