@@ -4,6 +4,7 @@ import ApiGateway from "moleculer-web";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { authConfigFromEnv, createVerifier } from "../lib/auth";
 import type { User } from "../lib/access";
+import { openApiDocument } from "./api/openapi";
 
 const { UnAuthorizedError, ERR_NO_TOKEN } = ApiGateway.Errors;
 
@@ -28,10 +29,13 @@ export const API_ALIASES: Record<string, string> = {
   "GET /inventory/:id": "v1.inventory.get",
   "GET /billing/balance": "v1.billing.balance",
   "GET /dashboard/margin": "v1.billing.margin",
+  "GET /drift": "v1.inventory.drift",
+  "POST /drift/actions": "v1.inventory.driftAction",
 };
 export const PUBLIC_ALIASES: Record<string, string> = {
   "GET /health": "api.health",
   "GET /ready": "api.ready",
+  "GET /openapi.json": "api.openapi",
 };
 
 type Req = IncomingMessage & { $ctx?: Context; headers: Record<string, string | undefined> };
@@ -75,6 +79,11 @@ const ApiService: ServiceSchema<any> = {
   },
 
   actions: {
+    openapi: {
+      handler() {
+        return openApiDocument({ ...PUBLIC_ALIASES, ...API_ALIASES });
+      },
+    },
     health: {
       handler(this: any) {
         return { status: "ok", node: this.broker.nodeID, uptime_s: Math.round(process.uptime()) };
