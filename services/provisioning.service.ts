@@ -180,7 +180,7 @@ const ProvisioningService: ServiceSchema<any> = {
     const metricsOn = this.broker.isMetricsEnabled();
     if (metricsOn) {
       this.broker.metrics.register({ type: "counter", name: "arcadia.sagas.finished", labelNames: ["status"], description: "Provisioning sagas by outcome" });
-      this.broker.metrics.register({ type: "histogram", name: "arcadia.saga.step.duration", labelNames: ["step", "status"], unit: "second", description: "Saga step durations" } as any);
+      this.broker.metrics.register({ type: "histogram", name: "arcadia.saga.step.duration", labelNames: ["step", "status"], unit: "second", description: "Saga step durations", buckets: [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 180] } as any);
     }
     this.metricsSink = {
       sagaFinished: (status: SagaStatus) => metricsOn && this.broker.metrics.increment("arcadia.sagas.finished", { status }),
