@@ -1,5 +1,6 @@
 import type { BrokerOptions } from "moleculer";
 import { ClearValidator } from "./lib/validator";
+import { LogContextMiddleware } from "./lib/log-context";
 
 /**
  * Broker settings shared by every node. NATS when TRANSPORTER is set, in-process otherwise;
@@ -16,6 +17,7 @@ export function brokerConfig(env = process.env): BrokerOptions {
     requestTimeout: 15_000,
     retryPolicy: { enabled: false },
     validator: new ClearValidator(),
+    middlewares: [LogContextMiddleware],
     metrics: metricsPort
       ? { enabled: true, reporter: [{ type: "Prometheus", options: { port: metricsPort, path: "/metrics" } }] }
       : { enabled: false },

@@ -1,4 +1,3 @@
-import { randomUUID } from "node:crypto";
 import type { Context, ServiceSchema } from "moleculer";
 import ApiGateway from "moleculer-web";
 import type { IncomingMessage, ServerResponse } from "node:http";
@@ -45,6 +44,9 @@ const ApiService: ServiceSchema<any> = {
   mixins: [ApiGateway],
   settings: {
     port: Number(process.env.PORT ?? 3000),
+    // Request and response lines are logged by the route hooks with the request id (see lib/log-context.ts).
+    logRequest: null,
+    logResponse: null,
     ip: process.env.HOST ?? "0.0.0.0",
     // Actions return plain data; moleculer-web's default 404/422/... error shape is the API's error shape.
     routes: [
@@ -55,15 +57,22 @@ const ApiService: ServiceSchema<any> = {
         aliases: { ...PUBLIC_ALIASES, ...API_ALIASES },
         bodyParsers: { json: { strict: true, limit: "256kb" }, urlencoded: false },
         callOptions: { timeout: 30_000 },
-        onBeforeCall(ctx: Context<unknown, Record<string, unknown>>, _route: unknown, req: Req) {
-          ctx.meta.requestId = req.headers["x-request-id"] ?? ctx.requestID ?? randomUUID();
+        onBeforeCall(this: any, ctx: Context<unknown, Record<string, unknown>>, _route: unknown, req: Req) {
+          (req as any).$startedAt = Date.now();
+          this.logger.info({ request_id: ctx.requestID, method: req.method, url: req.url, action: (req as any).$action?.name }, "request");
+        },
+        onAfterCall(this: any, ctx: Context<unknown, Record<string, unknown>>, _route: unknown, req: Req, res: ServerResponse, data: unknown) {
+          this.logger.info({ request_id: ctx.requestID, method: req.method, url: req.url, status: (ctx.meta.$statusCode as number) ?? res.statusCode, ms: Date.now() - ((req as any).$startedAt ?? Date.now()) }, "response");
+          return data;
         },
       },
     ],
     onError(this: any, req: Req, res: ServerResponse, err: any) {
       const status = Number.isInteger(err?.code) && err.code >= 400 && err.code < 600 ? err.code : 500;
       // Server faults are logged in full and answered without internals.
-      if (status >= 500) this.logger.error({ err, url: req.url }, "request failed");
+      const requestId = req.$ctx?.requestID;
+      if (status >= 500) this.logger.error({ request_id: requestId, err, url: req.url }, "request failed");
+      else this.logger.info({ request_id: requestId, method: req.method, url: req.url, status, type: err?.type }, "response");
       const body =
         status >= 500 && !["SERVICE_NOT_AVAILABLE", "SERVICE_NOT_FOUND", "REQUEST_TIMEOUT"].includes(err?.type)
           ? { name: "MoleculerError", message: "Internal server error", code: status, type: err?.type ?? "INTERNAL_ERROR", data: null }

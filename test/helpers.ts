@@ -15,12 +15,13 @@ export const ADMIN = systemUser("test");
  */
 export async function startNode(names: string[], opts: { nats?: boolean | string; nodeID?: string; settings?: Record<string, Record<string, unknown>>; middlewares?: any[] } = {}) {
   const namespace = typeof opts.nats === "string" ? opts.nats : undefined;
+  const config = brokerConfig({ ...process.env, TRANSPORTER: opts.nats ? process.env.TEST_NATS_URL : "", METRICS_PORT: "" });
   const broker = new ServiceBroker({
-    ...brokerConfig({ ...process.env, TRANSPORTER: opts.nats ? process.env.TEST_NATS_URL : "", METRICS_PORT: "" }),
+    ...config,
     logger: false,
     namespace: namespace ?? uniq("ns"),
     nodeID: opts.nodeID ?? uniq("node"),
-    middlewares: opts.middlewares ?? [],
+    middlewares: [...(config.middlewares ?? []), ...(opts.middlewares ?? [])],
   });
   for (const name of names) {
     const schema: ServiceSchema = ALL_SERVICES[name];

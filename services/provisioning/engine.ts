@@ -276,7 +276,7 @@ export class SagaEngine {
       this.emitStep("provisioning.step.started", saga, step);
       const ctx: StepContext = {
         saga, outputs, step, settings: this.settings,
-        call: (action, params) => this.broker.call(action, params, { meta: { user: this.user, saga_id: saga.id } }),
+        call: (action, params) => this.broker.call(action, params, { meta: { user: this.user, saga_id: saga.id }, requestID: saga.id }),
         recordIntent: async (output) => this.updateStep(step, { output: { ...step.output, ...output } }),
         heartbeat: () => this.renew(saga.id),
         sleep,
