@@ -1,10 +1,14 @@
 import { Migration20261121000000_foundation } from "./Migration20261121000000_foundation";
 import { Migration20261121010000_inventory_dns } from "./Migration20261121010000_inventory_dns";
 import { Migration20261121030000_provisioning } from "./Migration20261121030000_provisioning";
+import { Migration20261121020000_perf } from "./Migration20261121020000_perf";
+import { Migration20261121040000_drift } from "./Migration20261121040000_drift";
 
 /** Every migration, in order. Listed explicitly so compiled and test runs load the same set without globbing. */
 export const migrationsList = [
   { name: "Migration20261121000000_foundation", class: Migration20261121000000_foundation },
   { name: "Migration20261121010000_inventory_dns", class: Migration20261121010000_inventory_dns },
   { name: "Migration20261121030000_provisioning", class: Migration20261121030000_provisioning },
+  { name: "Migration20261121020000_perf", class: Migration20261121020000_perf },
+  { name: "Migration20261121040000_drift", class: Migration20261121040000_drift },
 ];

@@ -162,16 +162,14 @@ const DnsService: ServiceSchema<any> = {
     },
 
     /**
-     * Every dns_records row (optionally of one fqdn), with the zone this service writes to: the inventory
+     * Every dns_records row, with the zone this service writes to: the inventory
      * service's drift check compares them with the provider (docs/drift.md). Operators and the system user only.
      */
     listAll: {
       visibility: "public",
-      params: { fqdn: { type: "string", min: 1, max: 255, optional: true } },
-      async handler(this: any, ctx: Ctx<{ fqdn?: string }>) {
+      async handler(this: any, ctx: Ctx<Record<string, never>>) {
         requireOperator(ctx);
-        const where = ctx.params.fqdn ? { fqdn: ctx.params.fqdn.toLowerCase().replace(/\.$/, "") } : {};
-        const rows = await emOf(ctx).find(DnsRecord, where, { orderBy: { inserted_at: "asc", id: "asc" } });
+        const rows = await emOf(ctx).find(DnsRecord, {}, { orderBy: { inserted_at: "asc", id: "asc" } });
         return { domain: this.domain, items: rows.map(dnsRecordDto) };
       },
     },

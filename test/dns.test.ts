@@ -83,7 +83,7 @@ describe("point", () => {
     expect(more).toEqual([]);
     expect(rec).toMatchObject({ data: "203.0.113.10", name: `${t.slug}.${t.tenant_id}` });
     expect(dns_record).toMatchObject({ fqdn: t.fqdn, domain: DOMAIN, name: `${t.slug}.${t.tenant_id}`, type: "A", data: "203.0.113.10", previous_data: null, created_by_us: true, status: "pointed", provider_record_id: rec.id, deployment_id: t.deployment_id, tenant_id: t.tenant_id });
-    const { rows } = await pg.query("select status, provider_record_id::int as rid from dns_records where deployment_id = $1", [t.deployment_id]);
+    const { rows } = await pg.query("select status, provider_record_id::float8 as rid from dns_records where deployment_id = $1", [t.deployment_id]);
     expect(rows).toEqual([{ status: "pointed", rid: rec.id }]);
   });
 
