@@ -8,7 +8,7 @@ import { Migration20261121040000_drift } from "./Migration20261121040000_drift";
 export const migrationsList = [
   { name: "Migration20261121000000_foundation", class: Migration20261121000000_foundation },
   { name: "Migration20261121010000_inventory_dns", class: Migration20261121010000_inventory_dns },
-  { name: "Migration20261121030000_provisioning", class: Migration20261121030000_provisioning },
   { name: "Migration20261121020000_perf", class: Migration20261121020000_perf },
+  { name: "Migration20261121030000_provisioning", class: Migration20261121030000_provisioning },
   { name: "Migration20261121040000_drift", class: Migration20261121040000_drift },
 ];
