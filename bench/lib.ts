@@ -31,6 +31,19 @@ export async function waitForHttp(url: string, timeoutMs = 30_000) {
   }
 }
 
-export function stopAll(children: ChildProcess[]) {
-  for (const c of children) if (c.exitCode === null) c.kill("SIGTERM");
+/**
+ * Stops the child nodes and waits until they are gone (SIGKILL after `graceMs`): a node left running would keep
+ * its NATS subscriptions and pool open, and a node busy draining a run would steal CPU from the next one.
+ */
+export async function stopAll(children: ChildProcess[], graceMs = 5_000) {
+  await Promise.all(
+    children.map(async (c) => {
+      if (c.exitCode !== null || c.signalCode !== null) return;
+      const exited = new Promise<void>((resolve) => c.once("exit", () => resolve()));
+      c.kill("SIGTERM");
+      const timer = setTimeout(() => c.kill("SIGKILL"), graceMs);
+      await exited;
+      clearTimeout(timer);
+    }),
+  );
 }

@@ -1,12 +1,14 @@
-import { readdirSync, readFileSync } from "node:fs";
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import type { ChildProcess } from "node:child_process";
-import { availableParallelism } from "node:os";
+import { availableParallelism, loadavg, tmpdir } from "node:os";
+import { join } from "node:path";
 import { ServiceBroker } from "moleculer";
 import { Client, Pool } from "pg";
 import { brokerConfig } from "../moleculer.config";
 import { migrate } from "../lib/db";
 import { mintToken } from "../bin/token";
 import { freshDatabase, startProcess, waitForHttp } from "./lib";
+import type { PgProfile } from "./pg-profile";
 
 /**
  * bench:saga — 500 provisioning sagas, 50 in flight, against the DigitalOcean simulator with no activation delay.
@@ -17,6 +19,10 @@ import { freshDatabase, startProcess, waitForHttp } from "./lib";
  *
  * The limit it compares against: PostgreSQL's single-row autocommit insert rate at the same concurrency, divided by
  * the commits one saga costs (xact_commit of the bench database over the run / sagas).
+ *
+ * Knobs: BENCH_SAGAS (500), BENCH_IN_FLIGHT (50), BENCH_WARMUP_SAGAS (50), PROVISION_POLL_MS (50),
+ * BENCH_PROVISIONING_POOL (DB_POOL_MAX of the provisioning node only), BENCH_PROFILE=1 (preloads bench/pg-profile into
+ * the nodes and prints, per saga, the statements each node sent, its connection checkouts, waits and hold times).
  */
 const DB = process.env.BENCH_SAGA_DATABASE_URL ?? "postgresql://postgres@127.0.0.1:5432/arcadia_bench_saga";
 const NATS = process.env.BENCH_NATS_URL ?? "nats://127.0.0.1:4222";
@@ -34,6 +40,8 @@ const SIM = `http://127.0.0.1:${SIM_PORT}`;
 const TERMINAL = new Set(["succeeded", "compensated", "compensation_failed"]);
 // An idle backend reports its statistics after at most 10 s (PGSTAT_IDLE_INTERVAL): wait that long after the warm-up.
 const STATS_SETTLE_MS = 11_000;
+const PROFILE = process.env.BENCH_PROFILE === "1";
+const PROVISIONING_POOL = process.env.BENCH_PROVISIONING_POOL;
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -98,11 +106,12 @@ async function stopNodes(nodes: Node[], timeoutMs = 10_000) {
 }
 
 // ---------- PostgreSQL counters ----------
-interface DbStats { xact_commit: number; xact_rollback: number; tup_inserted: number; tup_updated: number; tup_deleted: number; next_xid: number }
+interface DbStats { xact_commit: number; xact_rollback: number; tup_inserted: number; tup_updated: number; tup_deleted: number; next_xid: number; others_commit: number }
 async function dbStats(pg: Client): Promise<DbStats> {
   const { rows } = await pg.query(
     `select xact_commit::bigint, xact_rollback::bigint, tup_inserted::bigint, tup_updated::bigint, tup_deleted::bigint,
-            pg_snapshot_xmax(pg_current_snapshot())::text::bigint as next_xid
+            pg_snapshot_xmax(pg_current_snapshot())::text::bigint as next_xid,
+            (select sum(xact_commit) from pg_stat_database o where o.datname <> current_database())::bigint as others_commit
      from pg_stat_database where datname = current_database()`,
   );
   return Object.fromEntries(Object.entries(rows[0]).map(([k, v]) => [k, Number(v)])) as unknown as DbStats;
@@ -165,8 +174,8 @@ function terminal(sagaId: string, token: string): Promise<SagaEvent> {
     };
     waiters.set(sagaId, finish);
     (async () => {
-      await sleep(10_000);
-      const deadline = Date.now() + 80_000;
+      await sleep(20_000);
+      const deadline = Date.now() + 70_000;
       while (!done) {
         polls++;
         try {
@@ -235,13 +244,16 @@ async function main() {
   await migrate();
   const tokens = await Promise.all(Array.from({ length: TENANTS }, (_, t) => mintToken({ tenant: `tenant-${t}`, sub: "bench" })));
 
-  const common = { DATABASE_URL: DB, TRANSPORTER: NATS, NAMESPACE: namespace };
+  const common: Record<string, string> = { DATABASE_URL: DB, TRANSPORTER: NATS, NAMESPACE: namespace };
+  const profileDir = PROFILE ? mkdtempSync(join(tmpdir(), "bench-saga-profile-")) : "";
+  const profiled: Record<string, string> = PROFILE ? { NODE_OPTIONS: `${process.env.NODE_OPTIONS ?? ""} --require ${join(__dirname, "pg-profile.js")}`.trim(), PG_PROFILE_DIR: profileDir } : {};
   const provider = { DO_API_URL: SIM, DO_TOKEN: "bench-token", DNS_DOMAIN: "apps.bench.test" };
   const nodes: Node[] = [
     spawnNode("sim", "dist/bin/sim.js", { SIM_PORT: String(SIM_PORT), SIM_ACTIVE_AFTER_MS: "0", SIM_TOKEN: "bench-token", SIM_RATE_LIMIT: "10000000" }),
-    spawnNode("services", "dist/bin/start.js", { ...common, ...provider, SERVICES: "deployments,subscriptions,inventory,dns", NODE_ID: "bench-saga-services" }),
-    spawnNode("provisioning", "dist/bin/start.js", { ...common, ...provider, SERVICES: "provisioning", NODE_ID: "bench-saga-provisioning", PROVISION_POLL_MS: POLL_MS }),
-    spawnNode("gateway", "dist/bin/start.js", { ...common, SERVICES: "api", NODE_ID: "bench-saga-gateway", PORT: String(GW_PORT) }),
+    spawnNode("services", "dist/bin/start.js", { ...common, ...provider, ...profiled, SERVICES: "deployments,subscriptions,inventory,dns", NODE_ID: "bench-saga-services" }),
+    spawnNode("provisioning", "dist/bin/start.js", { ...common, ...provider, ...profiled, SERVICES: "provisioning", NODE_ID: "bench-saga-provisioning", PROVISION_POLL_MS: POLL_MS,
+      ...(PROVISIONING_POOL ? { DB_POOL_MAX: PROVISIONING_POOL } : {}) }),
+    spawnNode("gateway", "dist/bin/start.js", { ...common, ...profiled, SERVICES: "api", NODE_ID: "bench-saga-gateway", PORT: String(GW_PORT) }),
   ];
   const cfg = brokerConfig({ ...process.env, ...common, NODE_ID: "bench-saga-driver", LOG_LEVEL: "silent", METRICS_PORT: "" });
   const broker = new ServiceBroker(cfg);
@@ -284,8 +296,10 @@ async function main() {
 
     // ---------- the measured run ----------
     const before = await dbStats(pg);
+    const load0 = loadavg()[0];
     eventsSeen = 0;
     polls = 0;
+    if (PROFILE) for (const n of nodes) if (n.name !== "sim") n.child.kill("SIGUSR2"); // zero the profiles
     const cpu0 = new Map(nodes.map((n) => [n.name, cpuSeconds(n.child.pid!)]));
     const pgCpu0 = postgresCpuSeconds();
     const benchCpu0 = process.cpuUsage();
@@ -298,6 +312,7 @@ async function main() {
     const cpu = new Map(nodes.map((n) => [n.name, cpuSeconds(n.child.pid!) - cpu0.get(n.name)!]));
     const pgCpu = postgresCpuSeconds() - pgCpu0;
     const benchCpuU = process.cpuUsage(benchCpu0);
+    const load1 = loadavg()[0];
     const hwm = new Map(nodes.map((n) => [n.name, procStatus(n.child.pid!).VmHWM ?? 0]));
 
     // Stop the arcadia nodes (the simulator stays up for the check): a backend reports its statistics on exit.
@@ -329,10 +344,13 @@ async function main() {
     console.log(`    rows per saga             ${((after.tup_inserted - before.tup_inserted) / SAGAS).toFixed(1)} inserted, ${((after.tup_updated - before.tup_updated) / SAGAS).toFixed(1)} updated`);
     console.log(`  peak memory (RSS) per node  ${nodes.map((n) => `${n.name} ${mb(n.peakRss)} (VmHWM ${mb(hwm.get(n.name)!)})`).join(", ")}`);
     console.log(`  CPU during the run          ${nodes.map((n) => `${n.name} ${((cpu.get(n.name)! / run.seconds) * 100).toFixed(0)}%`).join(", ")}, bench ${(((benchCpuU.user + benchCpuU.system) / 1e6 / run.seconds) * 100).toFixed(0)}%, postgres (all processes) ${((pgCpu / run.seconds) * 100).toFixed(0)}% of one core (${availableParallelism()} cores)`);
+    console.log(`  machine                     load average ${load0.toFixed(1)} → ${load1.toFixed(1)} on ${availableParallelism()} cores; other databases on this server committed ${after.others_commit - before.others_commit} transactions during the run (another workload shares the machine if these are high)`);
     console.log(`  saga ends heard as events   ${eventsSeen} / ${SAGAS} (GET /sagas/:id polls: ${polls})`);
 
     console.log(`\nlimit: ${probe.rate.toFixed(0)} commits/s ÷ ${perSaga.toFixed(1)} commits/saga = ${limit.toFixed(1)} sagas/s`);
     console.log(`measured / limit = ${rate.toFixed(1)} / ${limit.toFixed(1)} = ${(ratio * 100).toFixed(0)}%  → ${ratio >= TARGET ? "meets target" : "BELOW target"} (≥ ${TARGET * 100}%)`);
+
+    if (PROFILE) printProfiles(profileDir, run.seconds);
 
     // ---------- checks ----------
     const state: any = await (await fetch(`${SIM}/v2/_sim/state`)).json();
@@ -353,6 +371,25 @@ async function main() {
     await broker.stop().catch(() => undefined);
     await pg.end().catch(() => undefined);
     await stopNodes(nodes);
+    if (profileDir) rmSync(profileDir, { recursive: true, force: true });
+  }
+}
+
+/** Per saga, per node: statements, connection checkouts, and what the pool allows (BENCH_PROFILE=1). */
+function printProfiles(dir: string, runSeconds: number) {
+  console.log(`
+profile (per saga, measured run; statement = one round trip to PostgreSQL):`);
+  for (const f of readdirSync(dir).sort()) {
+    const p: PgProfile = JSON.parse(readFileSync(join(dir, f), "utf8"));
+    const stmts = Object.entries(p.statements).sort((a, b) => b[1].n - a[1].n);
+    const total = stmts.reduce((a, [, v]) => a + v.n, 0);
+    if (!total) continue;
+    const holdPerSaga = p.holdMs.total / SAGAS;
+    const all = stmts.flatMap(([, v]) => [v]);
+    const meanMs = all.reduce((a, v) => a + v.totalMs, 0) / total;
+    console.log(`  ${p.node.replace("bench-saga-", "").padEnd(12)} ${(total / SAGAS).toFixed(1)} statements, ${(p.checkouts / SAGAS).toFixed(1)} connection checkouts; statement mean ${meanMs.toFixed(1)} ms; pool wait mean ${(p.waitMs.total / Math.max(1, p.checkouts)).toFixed(1)} ms (p99 ${p.waitMs.p99.toFixed(0)} ms)`);
+    console.log(`  ${"".padEnd(12)} connection held ${holdPerSaga.toFixed(0)} ms/saga → pool of ${p.poolMax} saturates at ${((p.poolMax * 1000) / holdPerSaga).toFixed(1)} sagas/s (pool busy ${((p.holdMs.total / 1000 / runSeconds / p.poolMax) * 100).toFixed(0)}% of the run); event-loop delay p99 ${p.eventLoopDelayMs.p99.toFixed(0)} ms`);
+    console.log(`  ${"".padEnd(12)} ${stmts.slice(0, 9).map(([k, v]) => `${k} ${(v.n / SAGAS).toFixed(1)}`).join(", ")}`);
   }
 }
 
