@@ -1,5 +1,5 @@
 import { randomUUID } from "node:crypto";
-import { Errors, ServiceBroker, type ServiceSchema } from "moleculer";
+import { ServiceBroker } from "moleculer";
 import { Client } from "pg";
 import { startSimulator, type Simulator } from "../sim/simulator";
 import { brokerConfig } from "../moleculer.config";
@@ -9,7 +9,8 @@ import { ADMIN, apiUrl, client, startNode, token, uniq, waitFor } from "./helper
 /*
  * Drift (docs/drift.md) over real PostgreSQL and a simulator of our own. The database is shared with the other
  * suites: their live inventory and DNS rows show up here as ghosts (our simulator never heard of them), so every
- * assertion looks up its own entries by id.
+ * assertion looks up its own entries by id. Droplets tagged by a saga are judged by the real provisioning service,
+ * with sagas driven into each state through the simulator's faults.
  */
 const DOMAIN = "apps.arcadia.test";
 let sim: Simulator;
@@ -19,31 +20,18 @@ let pg: Client;
 let op: ReturnType<typeof client>;
 const OPERATOR_SUB = uniq("op-alice");
 
-/** Stand-in for the provisioning service: `get` answers the sagas a test puts here, 404 NOT_FOUND for any other. */
-const sagas = new Map<string, { id: string; status: string; tenant_id: string; deployment_id: string }>();
-const ProvisioningStub: ServiceSchema = {
-  name: "provisioning",
-  version: 1,
-  actions: {
-    get: {
-      params: { id: "string" },
-      handler(ctx: any) {
-        const saga = sagas.get(ctx.params.id);
-        if (!saga) throw new Errors.MoleculerClientError(`Saga ${ctx.params.id} not found`, 404, "NOT_FOUND", { id: ctx.params.id });
-        return { saga: { ...saga, steps: [] } };
-      },
-    },
-  },
-};
-
 beforeAll(async () => {
   delete process.env.DNS_DOMAIN;
   sim = await startSimulator({ port: 0, activeAfterMs: 0, rateLimit: 1_000_000 });
-  broker = await startNode(["api", "deployments", "inventory", "dns"], {
-    settings: { inventory: { doApiUrl: sim.url, doBackoffMs: 10, driftCheckMs: 0 }, dns: { doApiUrl: sim.url, doBackoffMs: 10 } },
+  broker = await startNode(["api", "deployments", "inventory", "dns", "provisioning"], {
+    settings: {
+      inventory: { doApiUrl: sim.url, doBackoffMs: 10, driftCheckMs: 0 },
+      dns: { doApiUrl: sim.url, doBackoffMs: 10 },
+      // A droplet kept `new` holds its saga in wait_droplet_active for as long as a test needs it running; a rollback
+      // that cannot delete the droplet gives up after two attempts.
+      provisioning: { pollMs: 25, backoffMs: 10, stepMaxAttempts: 3, activeTimeoutMs: 60_000, compensationMaxAttempts: 2, compensationAckTimeoutMs: 2000 },
+    },
   });
-  broker.createService(ProvisioningStub);
-  await broker.waitForServices(["v1.provisioning"]);
   base = apiUrl(broker);
   op = client(base, await token({ tenant: uniq("ops"), roles: ["platform-admin"], sub: OPERATOR_SUB }));
   pg = new Client({ connectionString: process.env.DATABASE_URL });
@@ -92,6 +80,38 @@ async function simDroplet(id: number): Promise<any> {
 async function actionRows(externalId: string | number) {
   const { rows } = await pg.query("select action, resource, entry_id, actor, result, tenant_id, deployment_id, resource_id, error, created_at from drift_actions where external_id = $1 order by created_at, id", [String(externalId)]);
   return rows;
+}
+
+/** Arms provider faults in our simulator (docs/simulator.md); `clearSimFaults` disarms them all. */
+async function simFaults(...faults: Record<string, unknown>[]) {
+  for (const f of faults) await control(sim, "POST", "faults", f);
+}
+const clearSimFaults = () => control(sim, "DELETE", "faults");
+const DNS_REFUSED = { operation: "domains.records.create", mode: "error", status: 422, count: -1 };
+const DELETE_FAILS = { operation: "droplets.delete", mode: "error", status: 500, count: -1 };
+const NEVER_ACTIVE = { operation: "droplets.create", mode: "never_active", count: -1 };
+
+/** A deployment created with `provision: true`: the real provisioning saga starts for it. */
+async function provision(tenant: string): Promise<{ sagaId: string; deploymentId: string }> {
+  const res = await client(base, await token({ tenant })).post("/deployments", { slug: uniq("app"), provision: true });
+  expect(res.status).toBe(202);
+  expect(res.body.saga.status).toBe("running");
+  return { sagaId: res.body.saga.id, deploymentId: res.body.deployment.id };
+}
+async function sagaOf(id: string): Promise<any> {
+  const res = await op.get(`/sagas/${id}`);
+  expect(res.status).toBe(200);
+  return res.body.saga;
+}
+const stepOf = (saga: any, name: string) => saga.steps.find((s: any) => s.name === name);
+async function finished(id: string): Promise<any> {
+  return waitFor(async () => {
+    const saga = await sagaOf(id);
+    return ["succeeded", "compensated", "compensation_failed"].includes(saga.status) ? saga : null;
+  }, { timeoutMs: 20_000, what: `saga ${id} to finish` });
+}
+async function dropletsTagged(tag: string): Promise<any[]> {
+  return (await control(sim, "GET", "state")).droplets.filter((d: any) => d.tags.includes(tag));
 }
 
 describe("access", () => {
@@ -182,66 +202,96 @@ describe("droplets", () => {
 
   test("droplets tagged saga-<id>: orphans once the saga no longer owns them, in flight while it runs", async () => {
     const tenant = uniq("acme");
-    // A saga the provisioning service has never heard of.
-    const lost = randomUUID();
-    const dLost = await plant({ tags: [`saga-${lost}`] });
-    // A saga still running: its droplet is not drift.
-    const running = randomUUID();
-    sagas.set(running, { id: running, status: "running", tenant_id: tenant, deployment_id: randomUUID() });
-    const dRunning = await plant({ tags: [`saga-${running}`] });
-    // A compensated saga whose droplet was registered, then marked destroyed, yet still runs.
-    const rolledBack = randomUUID();
-    const depRolledBack = randomUUID();
-    sagas.set(rolledBack, { id: rolledBack, status: "compensated", tenant_id: tenant, deployment_id: depRolledBack });
-    const dRolledBack = await plant({ tags: [`saga-${rolledBack}`] });
-    const row = await registerPlanted(dRolledBack, tenant, { saga_id: rolledBack, deployment_id: depRolledBack });
-    await broker.call("v1.inventory.markDestroyed", { id: row.id }, asAdmin);
-    // A saga whose rollback failed: only destroy is offered.
-    const failed = randomUUID();
-    sagas.set(failed, { id: failed, status: "compensation_failed", tenant_id: tenant, deployment_id: randomUUID() });
-    const dFailed = await plant({ tags: [`saga-${failed}`] });
+    try {
+      // A saga whose rollback failed: the DNS step is refused, and the provider will not delete the droplet.
+      await simFaults(DNS_REFUSED, DELETE_FAILS);
+      const failed = await provision(tenant);
+      const failedSaga = await finished(failed.sagaId);
+      expect(failedSaga.status).toBe("compensation_failed");
+      expect(stepOf(failedSaga, "create_droplet")).toMatchObject({ status: "compensation_failed", compensation_attempts: 2 });
+      await clearSimFaults();
+      const [dFailed, ...moreFailed] = await dropletsTagged(`saga-${failed.sagaId}`);
+      expect(dFailed).toBeDefined();
+      expect(moreFailed).toEqual([]);
 
-    const r = await drift();
-    expect(entry(r, `orphan:droplet:${dLost.id}`)).toMatchObject({ kind: "orphan", saga_id: lost, saga_status: "not_found", tenant_id: null, fix: { actions: ["adopt", "destroy"] } });
-    expect(entry(r, `orphan:droplet:${dRunning.id}`)).toBeUndefined();
-    expect(r.in_flight).toContainEqual({ resource: "droplet", external_id: String(dRunning.id), name: dRunning.name, saga_id: running, saga_status: "running" });
-    expect(entry(r, `orphan:droplet:${dRolledBack.id}`)).toMatchObject({
-      saga_id: rolledBack, saga_status: "compensated", tenant_id: tenant, deployment_id: depRolledBack, resource_id: row.id,
-      differences: [{ field: "status", provider: "active", inventory: "destroyed" }], in_inventory: { id: row.id, status: "destroyed" },
-    });
-    expect(entry(r, `orphan:droplet:${dRolledBack.id}`).fix.text).toMatch(/marked it destroyed/);
-    const failedEntry = entry(r, `orphan:droplet:${dFailed.id}`);
-    expect(failedEntry).toMatchObject({ saga_id: failed, saga_status: "compensation_failed", fix: { actions: ["destroy"] } });
-    expect(failedEntry.fix.text).toContain(`/sagas/${failed}/retry`);
+      // A compensated saga (its rollback destroyed its droplet), and a droplet with its tag that still runs (leaked,
+      // e.g. a create that landed late), registered for the saga and marked destroyed.
+      await simFaults(DNS_REFUSED);
+      const rolledBack = await provision(tenant);
+      expect((await finished(rolledBack.sagaId)).status).toBe("compensated");
+      await clearSimFaults();
+      expect(await dropletsTagged(`saga-${rolledBack.sagaId}`)).toEqual([]);
+      const dRolledBack = await plant({ tags: [`saga-${rolledBack.sagaId}`] });
+      const row = await registerPlanted(dRolledBack, tenant, { saga_id: rolledBack.sagaId, deployment_id: rolledBack.deploymentId });
+      await broker.call("v1.inventory.markDestroyed", { id: row.id }, asAdmin);
 
-    // The running saga's droplet is not ours to touch.
-    const busy = await act({ action: "destroy", external_id: String(dRunning.id) });
-    expect([busy.status, busy.body.type]).toEqual([409, "SAGA_IN_FLIGHT"]);
-    expect(await simDroplet(dRunning.id)).toBeDefined();
-    const pending = await act({ action: "adopt", external_id: String(dFailed.id), tenant_id: tenant });
-    expect([pending.status, pending.body.type]).toEqual([409, "SAGA_COMPENSATION_PENDING"]);
+      // A saga still running: its droplet stays `new`, so the saga waits in wait_droplet_active.
+      await simFaults(NEVER_ACTIVE);
+      const running = await provision(tenant);
+      const waiting = await waitFor(async () => {
+        const saga = await sagaOf(running.sagaId);
+        return stepOf(saga, "wait_droplet_active").status === "running" ? saga : null;
+      }, { what: "the saga waiting for its droplet" });
+      await clearSimFaults();
+      const [dRunning, ...moreRunning] = await dropletsTagged(`saga-${running.sagaId}`);
+      expect(dRunning).toMatchObject({ id: stepOf(waiting, "create_droplet").output.droplet_id, status: "new" });
+      expect(moreRunning).toEqual([]);
 
-    // destroy: gone at the provider, the destroyed row stays destroyed, the entry is resolved.
-    const destroyed = await act({ action: "destroy", entry_id: `orphan:droplet:${dRolledBack.id}` });
-    expect(destroyed.status).toBe(201);
-    expect(destroyed.body.action).toMatchObject({ action: "destroy", actor: OPERATOR_SUB, result: "succeeded", resource_id: row.id, tenant_id: tenant });
-    expect(await simDroplet(dRolledBack.id)).toBeUndefined();
-    const destroyedLost = await act({ action: "destroy", entry_id: `orphan:droplet:${dLost.id}` });
-    expect(destroyedLost.status).toBe(201);
-    expect(await simDroplet(dLost.id)).toBeUndefined();
-    const after = await drift();
-    expect(entry(after, `orphan:droplet:${dRolledBack.id}`)).toBeUndefined();
-    expect(entry(after, `orphan:droplet:${dLost.id}`)).toBeUndefined();
-    const { rows } = await pg.query("select status from cloud_resources where id = $1", [row.id]);
-    expect(rows[0].status).toBe("destroyed");
+      // A saga the provisioning service has never heard of.
+      const lost = randomUUID();
+      const dLost = await plant({ tags: [`saga-${lost}`] });
 
-    // Destroying it twice: already gone.
-    const twice = await act({ action: "destroy", external_id: String(dLost.id) });
-    expect([twice.status, twice.body.type]).toEqual([409, "NOT_AN_ORPHAN"]);
+      const r = await drift();
+      expect(entry(r, `orphan:droplet:${dLost.id}`)).toMatchObject({ kind: "orphan", saga_id: lost, saga_status: "not_found", tenant_id: null, fix: { actions: ["adopt", "destroy"] } });
+      expect(entry(r, `orphan:droplet:${dRunning.id}`)).toBeUndefined();
+      expect(r.in_flight).toContainEqual({ resource: "droplet", external_id: String(dRunning.id), name: dRunning.name, saga_id: running.sagaId, saga_status: "running" });
+      expect(entry(r, `orphan:droplet:${dRolledBack.id}`)).toMatchObject({
+        saga_id: rolledBack.sagaId, saga_status: "compensated", tenant_id: tenant, deployment_id: rolledBack.deploymentId, resource_id: row.id,
+        differences: [{ field: "status", provider: "active", inventory: "destroyed" }], in_inventory: { id: row.id, status: "destroyed" },
+      });
+      expect(entry(r, `orphan:droplet:${dRolledBack.id}`).fix.text).toMatch(/marked it destroyed/);
+      const failedEntry = entry(r, `orphan:droplet:${dFailed.id}`);
+      expect(failedEntry).toMatchObject({ saga_id: failed.sagaId, saga_status: "compensation_failed", tenant_id: tenant, deployment_id: failed.deploymentId, fix: { actions: ["destroy"] } });
+      expect(failedEntry.fix.text).toContain(`/sagas/${failed.sagaId}/retry`);
 
-    // Once the saga has finished, its droplet is drift after all.
-    sagas.set(running, { ...sagas.get(running)!, status: "compensated" });
-    expect(entry(await drift(), `orphan:droplet:${dRunning.id}`)).toMatchObject({ saga_status: "compensated" });
+      // The running saga's droplet is not ours to touch.
+      const busy = await act({ action: "destroy", external_id: String(dRunning.id) });
+      expect([busy.status, busy.body.type]).toEqual([409, "SAGA_IN_FLIGHT"]);
+      expect(await simDroplet(dRunning.id)).toBeDefined();
+      const pending = await act({ action: "adopt", external_id: String(dFailed.id), tenant_id: tenant });
+      expect([pending.status, pending.body.type]).toEqual([409, "SAGA_COMPENSATION_PENDING"]);
+
+      // destroy: gone at the provider, the destroyed row stays destroyed, the entry is resolved.
+      const destroyed = await act({ action: "destroy", entry_id: `orphan:droplet:${dRolledBack.id}` });
+      expect(destroyed.status).toBe(201);
+      expect(destroyed.body.action).toMatchObject({ action: "destroy", actor: OPERATOR_SUB, result: "succeeded", resource_id: row.id, tenant_id: tenant });
+      expect(await simDroplet(dRolledBack.id)).toBeUndefined();
+      const destroyedLost = await act({ action: "destroy", entry_id: `orphan:droplet:${dLost.id}` });
+      expect(destroyedLost.status).toBe(201);
+      expect(await simDroplet(dLost.id)).toBeUndefined();
+      const after = await drift();
+      expect(entry(after, `orphan:droplet:${dRolledBack.id}`)).toBeUndefined();
+      expect(entry(after, `orphan:droplet:${dLost.id}`)).toBeUndefined();
+      const { rows } = await pg.query("select status from cloud_resources where id = $1", [row.id]);
+      expect(rows[0].status).toBe("destroyed");
+
+      // Destroying it twice: already gone.
+      const twice = await act({ action: "destroy", external_id: String(dLost.id) });
+      expect([twice.status, twice.body.type]).toEqual([409, "NOT_AN_ORPHAN"]);
+
+      // Once the saga has finished, its droplet is drift after all: the droplet turns active, the DNS step is
+      // refused, and the rollback cannot delete the droplet.
+      await simFaults(DNS_REFUSED, DELETE_FAILS);
+      await control(sim, "PATCH", `droplets/${dRunning.id}`, { status: "active" });
+      expect((await finished(running.sagaId)).status).toBe("compensation_failed");
+      await clearSimFaults();
+      expect(await simDroplet(dRunning.id)).toBeDefined();
+      const end = await drift();
+      expect(entry(end, `orphan:droplet:${dRunning.id}`)).toMatchObject({ saga_id: running.sagaId, saga_status: "compensation_failed", tenant_id: tenant });
+      expect(end.in_flight.map((f: any) => f.external_id)).not.toContain(String(dRunning.id));
+    } finally {
+      await clearSimFaults();
+    }
   });
 
   test("destroy refuses a droplet that inventory knows as live", async () => {
