@@ -127,10 +127,15 @@ export const replCommands = [
  * prints a's rows, then b's, then quits.
  */
 export function startRepl(broker: ServiceBroker) {
-  const server = broker.repl() as unknown as { eval: (...args: any[]) => void };
+  const server = broker.repl() as unknown as { eval: (...args: any[]) => void; removeAllListeners(e: string): void; on(e: string, fn: () => void): void };
   const evaluate = server.eval;
   let queue = Promise.resolve();
   server.eval = (cmd: string, context: unknown, file: string, cb: (...args: unknown[]) => void) => {
     queue = queue.then(() => new Promise<void>((done) => evaluate.call(server, cmd, context, file, (...args: unknown[]) => (cb(...args), done()))));
   };
+  // The end of piped input closes the REPL at once; finish the queued commands before stopping.
+  server.removeAllListeners("exit");
+  server.on("exit", () => {
+    void queue.then(() => broker.stop()).finally(() => process.exit(0));
+  });
 }
