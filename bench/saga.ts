@@ -106,15 +106,24 @@ async function stopNodes(nodes: Node[], timeoutMs = 10_000) {
 }
 
 // ---------- PostgreSQL counters ----------
-interface DbStats { xact_commit: number; xact_rollback: number; tup_inserted: number; tup_updated: number; tup_deleted: number; next_xid: number; others_commit: number }
+interface DbStats { xact_commit: number; xact_rollback: number; tup_inserted: number; tup_updated: number; tup_deleted: number; next_xid: number; others: Map<string, number> }
 async function dbStats(pg: Client): Promise<DbStats> {
   const { rows } = await pg.query(
     `select xact_commit::bigint, xact_rollback::bigint, tup_inserted::bigint, tup_updated::bigint, tup_deleted::bigint,
-            pg_snapshot_xmax(pg_current_snapshot())::text::bigint as next_xid,
-            (select sum(xact_commit) from pg_stat_database o where o.datname <> current_database())::bigint as others_commit
+            pg_snapshot_xmax(pg_current_snapshot())::text::bigint as next_xid
      from pg_stat_database where datname = current_database()`,
   );
-  return Object.fromEntries(Object.entries(rows[0]).map(([k, v]) => [k, Number(v)])) as unknown as DbStats;
+  const others = await pg.query("select datname, xact_commit::bigint as n from pg_stat_database where datname is not null and datname <> current_database()");
+  return {
+    ...(Object.fromEntries(Object.entries(rows[0]).map(([k, v]) => [k, Number(v)])) as Omit<DbStats, "others">),
+    others: new Map(others.rows.map((r) => [r.datname as string, Number(r.n)])),
+  };
+}
+/** Commits in the other databases between two snapshots (a database dropped meanwhile counts for nothing). */
+function otherCommits(before: DbStats, after: DbStats) {
+  let n = 0;
+  for (const [db, c] of after.others) n += Math.max(0, c - (before.others.get(db) ?? 0));
+  return n;
 }
 
 /** Single-row autocommit inserts from `clients` concurrent connections for `ms`: PostgreSQL's commit rate here. */
@@ -344,7 +353,7 @@ async function main() {
     console.log(`    rows per saga             ${((after.tup_inserted - before.tup_inserted) / SAGAS).toFixed(1)} inserted, ${((after.tup_updated - before.tup_updated) / SAGAS).toFixed(1)} updated`);
     console.log(`  peak memory (RSS) per node  ${nodes.map((n) => `${n.name} ${mb(n.peakRss)} (VmHWM ${mb(hwm.get(n.name)!)})`).join(", ")}`);
     console.log(`  CPU during the run          ${nodes.map((n) => `${n.name} ${((cpu.get(n.name)! / run.seconds) * 100).toFixed(0)}%`).join(", ")}, bench ${(((benchCpuU.user + benchCpuU.system) / 1e6 / run.seconds) * 100).toFixed(0)}%, postgres (all processes) ${((pgCpu / run.seconds) * 100).toFixed(0)}% of one core (${availableParallelism()} cores)`);
-    console.log(`  machine                     load average ${load0.toFixed(1)} → ${load1.toFixed(1)} on ${availableParallelism()} cores; other databases on this server committed ${after.others_commit - before.others_commit} transactions during the run (another workload shares the machine if these are high)`);
+    console.log(`  machine                     load average ${load0.toFixed(1)} → ${load1.toFixed(1)} on ${availableParallelism()} cores; other databases on this server committed ${otherCommits(before, after)} transactions during the run (another workload shares the machine if these are high)`);
     console.log(`  saga ends heard as events   ${eventsSeen} / ${SAGAS} (GET /sagas/:id polls: ${polls})`);
 
     console.log(`\nlimit: ${probe.rate.toFixed(0)} commits/s ÷ ${perSaga.toFixed(1)} commits/saga = ${limit.toFixed(1)} sagas/s`);

@@ -101,10 +101,14 @@ export function DbMixin(entities: any[]): Partial<ServiceSchema> {
         },
       },
     },
-    methods: {
-      async dbReady(): Promise<boolean> {
-        const rows = await (this as unknown as DbService).orm.em.getConnection().execute("select 1 as ok");
-        return rows[0]?.ok === 1;
+    actions: {
+      /** For the gateway's /ready: this service's own connection answers. */
+      ready: {
+        visibility: "public",
+        async handler(this: any) {
+          const rows = await (this as DbService).orm.em.getConnection().execute("select 1 as ok");
+          return { database: rows[0]?.ok === 1 };
+        },
       },
     },
   };

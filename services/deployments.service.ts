@@ -240,12 +240,6 @@ const DeploymentsService: ServiceSchema<any> = {
       },
     },
 
-    ready: {
-      visibility: "public",
-      async handler(this: any) {
-        return { database: await this.dbReady() };
-      },
-    },
   },
 
   events: {

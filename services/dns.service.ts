@@ -174,12 +174,6 @@ const DnsService: ServiceSchema<any> = {
       },
     },
 
-    ready: {
-      visibility: "public",
-      async handler(this: any) {
-        return { database: await this.dbReady() };
-      },
-    },
   },
 
   events: {

@@ -420,12 +420,6 @@ const InventoryService: ServiceSchema<any> = {
       },
     },
 
-    ready: {
-      visibility: "public",
-      async handler(this: any) {
-        return { database: await this.dbReady() };
-      },
-    },
 
     // ---- drift: the provider against inventory and DNS (operators only; docs/drift.md) ----
     drift: {

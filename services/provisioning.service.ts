@@ -158,12 +158,6 @@ const ProvisioningService: ServiceSchema<any> = {
         return { accepted: await this.engine.confirm(ctx.params.request_id, ctx.params.ok, ctx.params.error) };
       },
     },
-    ready: {
-      visibility: "public",
-      async handler(this: any) {
-        return { database: await this.dbReady() };
-      },
-    },
   },
 
   methods: {

@@ -308,12 +308,6 @@ const SubscriptionsService: ServiceSchema<any> = {
         return { items, next_cursor: rows.length > limit && page.length ? page[page.length - 1].id : null };
       },
     },
-    ready: {
-      visibility: "public",
-      async handler(this: any) {
-        return { database: await this.dbReady() };
-      },
-    },
   },
 
   methods: {

@@ -53,9 +53,12 @@ export const ROUTE_DOCS: Record<string, RouteDoc> = {
   },
   "GET /inventory/:id": { summary: "One cloud resource", access: "scoped", status: 200, response: "Any" },
   "GET /billing/balance": { summary: "Provider balance (cents) and platform monthly recurring revenue per currency", access: "operator", status: 200, response: "Any" },
-  "GET /dashboard/margin": { summary: "Revenue, cloud cost and margin per deployment and in total", access: "operator", status: 200, response: "Any", query: { tenant_id: str, state: { enum: STATES }, sort: str, order: { enum: ["asc", "desc"] } } },
+  "GET /dashboard/margin": { summary: "Revenue, cloud cost and margin per deployment and in total", access: "operator", status: 200, response: "Any", query: { tenant_id: str, state: { enum: STATES }, sort: { enum: ["margin", "margin_pct", "revenue", "cost"] }, order: { enum: ["asc", "desc"] } } },
   "GET /drift": { summary: "Provider vs inventory and DNS: orphans, ghosts, mismatches", access: "operator", status: 200, response: "Any" },
-  "POST /drift/actions": { summary: "Act on a drift entry: adopt, destroy, mark_destroyed", access: "operator", status: 201, response: "Any", body: { type: "object" } },
+  "POST /drift/actions": {
+    summary: "Act on a drift entry: adopt an orphan, destroy an orphan, mark a ghost destroyed, sync a mismatch", access: "operator", status: 201, response: "Any",
+    body: obj({ action: { enum: ["adopt", "destroy", "mark_destroyed", "sync"] }, entry_id: str, external_id: str, resource: { enum: ["droplet", "dns_record"] }, tenant_id: str, deployment_id: str }, ["action"]),
+  },
 };
 
 const ERROR = obj({ name: str, message: str, code: int, type: { type: ["string", "null"] }, data: {} }, ["name", "message", "code"]);

@@ -238,6 +238,7 @@ export class SagaEngine {
   private async drive(id: string) {
     if (this.driving.has(id) || this.stopped) return;
     this.driving.add(id);
+    const stopKeeping = this.keepLease(id);
     try {
       for (;;) {
         if (this.stopped) return;
@@ -262,8 +263,24 @@ export class SagaEngine {
       if (err instanceof LeaseLost) this.logger.warn({ saga_id: id }, "lease lost; another node drives this saga");
       else this.logger.error({ saga_id: id, err }, "saga driver failed; the sweep will resume it");
     } finally {
+      stopKeeping();
       this.driving.delete(id);
     }
+  }
+
+  /**
+   * Renews the lease in the background while this node drives the saga. A step's forward call (a slow provider
+   * create, a backoff sleep) can outlast the lease; without this, another node's sweep claims the saga and runs the
+   * same step again while the first call is still in flight (a second droplet for one saga).
+   */
+  private keepLease(id: string): () => void {
+    let busy = false;
+    const timer = setInterval(() => {
+      if (busy) return;
+      busy = true;
+      this.renew(id).catch(() => undefined).finally(() => (busy = false));
+    }, Math.max(10, Math.floor(this.settings.leaseMs / 3)));
+    return () => clearInterval(timer);
   }
 
   private async runStep(saga: Saga, all: SagaStep[], step: SagaStep): Promise<boolean> {
