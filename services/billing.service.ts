@@ -106,7 +106,6 @@ const BillingService: ServiceSchema<any> = {
 
   actions: {
     balance: {
-      rest: "GET /billing/balance",
       async handler(this: any, ctx: Ctx<unknown>) {
         requireOperator(ctx);
         const [raw, subs] = await Promise.all([
@@ -141,7 +140,6 @@ const BillingService: ServiceSchema<any> = {
     },
 
     margin: {
-      rest: "GET /dashboard/margin",
       params: {
         tenant_id: { type: "string", min: 1, max: 200, optional: true },
         state: { type: "enum", values: DEPLOYMENT_STATES, optional: true },

@@ -85,7 +85,6 @@ const DeploymentsService: ServiceSchema<any> = {
 
   actions: {
     create: {
-      rest: "POST /deployments",
       params: {
         slug: { type: "string", pattern: SLUG, messages: { stringPattern: "'slug' must be a lowercase DNS label (a-z, 0-9, '-', at most 63 characters, no leading or trailing '-')" } },
         display_name: { type: "string", min: 1, max: 200, optional: true },
@@ -155,7 +154,6 @@ const DeploymentsService: ServiceSchema<any> = {
     },
 
     list: {
-      rest: "GET /deployments",
       params: {
         state: { type: "enum", values: DEPLOYMENT_STATES, optional: true },
         limit: { type: "number", integer: true, min: 1, max: 200, convert: true, optional: true },
@@ -185,7 +183,6 @@ const DeploymentsService: ServiceSchema<any> = {
     },
 
     get: {
-      rest: "GET /deployments/:id",
       params: { id: { type: "string" } },
       async handler(this: any, ctx: Ctx<IdParams>) {
         const deployment = await this.findVisible(ctx, ctx.params.id);
@@ -208,7 +205,6 @@ const DeploymentsService: ServiceSchema<any> = {
     },
 
     transition: {
-      rest: "POST /deployments/:id/transition",
       params: {
         id: { type: "string" },
         to_state: { type: "enum", values: DEPLOYMENT_STATES },

@@ -373,7 +373,6 @@ const InventoryService: ServiceSchema<any> = {
     },
 
     list: {
-      rest: "GET /inventory",
       params: {
         tenant_id: { type: "string", min: 1, max: 200, optional: true },
         deployment_id: { ...UUID_PARAM, optional: true },
@@ -410,7 +409,6 @@ const InventoryService: ServiceSchema<any> = {
     },
 
     get: {
-      rest: "GET /inventory/:id",
       params: { id: { type: "string", optional: true }, external_id: REF_PARAMS.external_id, provider: REF_PARAMS.provider },
       async handler(this: any, ctx: Ctx<ResourceRef>) {
         const user = currentUser(ctx);
@@ -423,7 +421,6 @@ const InventoryService: ServiceSchema<any> = {
 
     // ---- drift: the provider against inventory and DNS (operators only; docs/drift.md) ----
     drift: {
-      rest: "GET /drift",
       async handler(this: any, ctx: Ctx<Record<string, never>>): Promise<DriftReport> {
         requireOperator(ctx);
         const report: DriftReport = await this.computeDrift((a: string, p: Record<string, unknown>, o?: Record<string, unknown>) => ctx.call(a, p, o), emOf(ctx));
@@ -434,7 +431,6 @@ const InventoryService: ServiceSchema<any> = {
 
     /** Fixes one drift entry: adopt/destroy an orphan, mark a ghost destroyed, sync a mismatch. Recorded in drift_actions. */
     driftAction: {
-      rest: "POST /drift/actions",
       params: {
         action: { type: "enum", values: DRIFT_ACTIONS },
         entry_id: { type: "string", min: 1, max: 300, optional: true },

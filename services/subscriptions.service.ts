@@ -70,7 +70,6 @@ const SubscriptionsService: ServiceSchema<any> = {
   actions: {
     // ---- catalog ----
     listPlans: {
-      rest: "GET /plans",
       async handler(this: any, ctx: Ctx<unknown>) {
         currentUser(ctx);
         const em = emOf(ctx);
@@ -79,7 +78,6 @@ const SubscriptionsService: ServiceSchema<any> = {
       },
     },
     listAddons: {
-      rest: "GET /addons",
       async handler(ctx: Ctx<unknown>) {
         currentUser(ctx);
         const addons = await emOf(ctx).find(Addon, {}, { orderBy: { code: "asc" } });
@@ -87,7 +85,6 @@ const SubscriptionsService: ServiceSchema<any> = {
       },
     },
     createPlan: {
-      rest: "POST /plans",
       params: { code: CODE, name: { type: "string", min: 1, max: 200 }, price_cents: CENTS, currency: { ...CURRENCY, optional: true } },
       async handler(this: any, ctx: Ctx<CreatePlanParams>) {
         requireOperator(ctx);
@@ -106,7 +103,6 @@ const SubscriptionsService: ServiceSchema<any> = {
       },
     },
     createPlanVersion: {
-      rest: "POST /plans/:code/versions",
       params: { code: { type: "string" }, price_cents: CENTS, currency: { ...CURRENCY, optional: true } },
       async handler(ctx: Ctx<CreatePlanVersionParams>) {
         requireOperator(ctx);
@@ -129,7 +125,6 @@ const SubscriptionsService: ServiceSchema<any> = {
       },
     },
     createAddon: {
-      rest: "POST /addons",
       params: { code: CODE, name: { type: "string", min: 1, max: 200 }, unit_price_cents: CENTS, currency: { ...CURRENCY, optional: true } },
       async handler(ctx: Ctx<CreateAddonParams>) {
         requireOperator(ctx);
@@ -146,7 +141,6 @@ const SubscriptionsService: ServiceSchema<any> = {
       },
     },
     updateAddon: {
-      rest: "PATCH /addons/:code",
       params: { code: { type: "string" }, name: { type: "string", min: 1, max: 200, optional: true }, unit_price_cents: { ...CENTS, optional: true } },
       async handler(ctx: Ctx<UpdateAddonParams>) {
         requireOperator(ctx);
@@ -165,7 +159,6 @@ const SubscriptionsService: ServiceSchema<any> = {
 
     // ---- subscriptions ----
     subscribe: {
-      rest: "POST /deployments/:id/subscribe",
       params: {
         id: { type: "string" },
         plan_code: { type: "string", min: 1, max: 64 },
@@ -202,7 +195,6 @@ const SubscriptionsService: ServiceSchema<any> = {
       },
     },
     attachAddon: {
-      rest: "POST /deployments/:id/subscription/addons",
       params: { id: { type: "string" }, code: { type: "string", min: 1, max: 64 }, qty: { ...QTY, optional: true } },
       async handler(this: any, ctx: Ctx<AttachAddonParams>) {
         await this.deploymentFor(ctx, ctx.params.id);
@@ -221,7 +213,6 @@ const SubscriptionsService: ServiceSchema<any> = {
       },
     },
     changePlan: {
-      rest: "POST /deployments/:id/subscription/plan",
       params: { id: { type: "string" }, plan_code: { type: "string", min: 1, max: 64, optional: true }, version: { type: "number", integer: true, min: 1, optional: true } },
       async handler(this: any, ctx: Ctx<ChangePlanParams>) {
         const user = currentUser(ctx);
