@@ -15,6 +15,9 @@ export function brokerConfig(env = process.env): BrokerOptions {
     serializer: "JSON",
     logger: env.LOG_LEVEL === "silent" ? false : { type: "Pino", options: { level: env.LOG_LEVEL ?? "info", pino: { options: { base: { node: env.NODE_ID } } } } },
     requestTimeout: 15_000,
+    // A node that died without saying goodbye (kill -9) is dropped after 15 s instead of Moleculer's 30 s.
+    heartbeatInterval: 5,
+    heartbeatTimeout: 15,
     retryPolicy: { enabled: false },
     validator: new ClearValidator(),
     middlewares: [LogContextMiddleware],

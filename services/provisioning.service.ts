@@ -70,13 +70,25 @@ async function createDroplet({ call, saga, recordIntent }: StepContext) {
   }
 }
 
+/**
+ * A create sent by a node that then died can still land after the resumed node looked the tag up: once the kept
+ * droplet is active, anything else under the saga's tag is such a late duplicate and goes.
+ */
+async function destroyExtraDroplets(call: StepContext["call"], tag: string, keep: number) {
+  const { droplets } = await call("v1.inventory.dropletsByTag", { tag });
+  for (const d of droplets) if (d.id !== keep) await call("v1.inventory.destroyDroplet", { id: d.id });
+}
+
 async function waitDropletActive({ call, outputs, step, settings, heartbeat, sleep }: StepContext) {
   const id = outputs.create_droplet.droplet_id;
   const since = (step.started_at ?? new Date()).getTime();
   for (;;) {
     try {
       const { droplet } = await call("v1.inventory.getDroplet", { id });
-      if (droplet.status === "active" && droplet.ipv4) return { status: droplet.status, ipv4: droplet.ipv4 };
+      if (droplet.status === "active" && droplet.ipv4) {
+        await destroyExtraDroplets(call, outputs.create_droplet.tag, id);
+        return { status: droplet.status, ipv4: droplet.ipv4 };
+      }
     } catch (err) {
       if (!isTransient(err)) throw err;
     }

@@ -28,7 +28,13 @@ export async function startNode(names: string[], opts: { nats?: boolean | string
     const extra = { ...(name === "api" ? { port: 0, ip: "127.0.0.1" } : {}), ...(opts.settings?.[name] ?? {}) };
     broker.createService(Object.keys(extra).length ? { name: schema.name, version: schema.version, mixins: [schema], settings: extra } : schema);
   }
-  await broker.start();
+  try {
+    await broker.start();
+  } catch (err) {
+    // A half-started broker would stay on NATS and keep jest from exiting.
+    await broker.stop().catch(() => undefined);
+    throw err;
+  }
   return broker;
 }
 
