@@ -40,6 +40,8 @@ const SIM = `http://127.0.0.1:${SIM_PORT}`;
 const TERMINAL = new Set(["succeeded", "compensated", "compensation_failed"]);
 // An idle backend reports its statistics after at most 10 s (PGSTAT_IDLE_INTERVAL): wait that long after the warm-up.
 const STATS_SETTLE_MS = 11_000;
+// Whatever happens (a node that never answers, a pool that never drains), the bench ends.
+const WATCHDOG_MS = Number(process.env.BENCH_WATCHDOG_MS ?? 360_000);
 const PROFILE = process.env.BENCH_PROFILE === "1";
 const PROVISIONING_POOL = process.env.BENCH_PROVISIONING_POOL;
 
@@ -83,6 +85,7 @@ const mb = (b: number) => `${(b / 1048576).toFixed(0)} MB`;
 
 function spawnNode(name: string, script: string, env: Record<string, string>): Node {
   const node: Node = { name, child: startProcess(name, script, env), peakRss: 0, logLines: 0 };
+  spawned.push(node);
   // Pino writes to stdout; a pipe nobody reads would eventually block the child.
   node.child.stdout!.setEncoding("utf8").on("data", (d: string) => {
     for (const line of d.split("\n").filter(Boolean)) {
@@ -95,6 +98,11 @@ function spawnNode(name: string, script: string, env: Record<string, string>): N
   return node;
 }
 let stopping = false;
+const spawned: Node[] = [];
+// No node outlives the bench, whichever way it ends.
+process.on("exit", () => {
+  for (const n of spawned) if (n.child.exitCode === null && n.child.signalCode === null) n.child.kill("SIGKILL");
+});
 
 async function stopNodes(nodes: Node[], timeoutMs = 10_000) {
   await Promise.all(nodes.map((n) => new Promise<void>((resolve) => {
@@ -131,8 +139,15 @@ async function commitRate(clients: number, ms: number) {
   const pool = new Pool({ connectionString: DB, max: clients });
   try {
     await pool.query("create table if not exists bench_commit_probe (id bigserial primary key, client int not null, n int not null, at timestamptz not null default now())");
-    const held = await Promise.all(Array.from({ length: clients }, () => pool.connect()));
-    held.forEach((c) => c.release());
+    // Open every connection first. Another workload may hold most of max_connections: retry, never leave one checked out.
+    for (let attempt = 1; ; attempt++) {
+      const got = await Promise.allSettled(Array.from({ length: clients }, () => pool.connect()));
+      got.forEach((g) => g.status === "fulfilled" && g.value.release());
+      const failed = got.find((g): g is PromiseRejectedResult => g.status === "rejected");
+      if (!failed) break;
+      if (attempt === 5) throw new Error(`PostgreSQL refused ${clients} connections for the commit probe: ${failed.reason?.message ?? failed.reason}`);
+      await sleep(2000);
+    }
     let commits = 0;
     const t0 = performance.now();
     const deadline = t0 + ms;
@@ -251,6 +266,16 @@ async function main() {
   await freshDatabase(DB);
   process.env.DATABASE_URL = DB;
   await migrate();
+  // The limit, measured before the nodes start (their pools would take connections from the same max_connections):
+  // PostgreSQL's single-row commit rate at the same concurrency.
+  const probe = await commitRate(IN_FLIGHT, COMMIT_PROBE_MS);
+  {
+    const pg = new Client({ connectionString: DB });
+    await pg.connect();
+    const settings = (await pg.query("select name, setting from pg_settings where name in ('synchronous_commit','fsync','commit_delay','wal_sync_method') order by name")).rows;
+    await pg.end();
+    console.log(`PostgreSQL single-row commit rate: ${probe.rate.toFixed(0)} commits/s (${IN_FLIGHT} clients, pg Pool max ${IN_FLIGHT}, autocommit insert, ${probe.seconds.toFixed(1)} s; ${settings.map((s) => `${s.name}=${s.setting}`).join(", ")})`);
+  }
   const tokens = await Promise.all(Array.from({ length: TENANTS }, (_, t) => mintToken({ tenant: `tenant-${t}`, sub: "bench" })));
 
   const common: Record<string, string> = { DATABASE_URL: DB, TRANSPORTER: NATS, NAMESPACE: namespace };
@@ -296,10 +321,6 @@ async function main() {
     const warmEnd = Date.now();
     if ((await fetch(`${SIM}/v2/_sim/reset`, { method: "POST" })).status !== 204) throw new Error("simulator reset failed");
 
-    // The limit, measured while the nodes sit idle: PostgreSQL's commit rate at the same concurrency.
-    const probe = await commitRate(IN_FLIGHT, COMMIT_PROBE_MS);
-    const settings = (await pg.query("select name, setting from pg_settings where name in ('synchronous_commit','fsync','commit_delay','wal_sync_method') order by name")).rows;
-    console.log(`PostgreSQL single-row commit rate: ${probe.rate.toFixed(0)} commits/s (${IN_FLIGHT} clients, pg Pool max ${IN_FLIGHT}, autocommit insert, ${probe.seconds.toFixed(1)} s; ${settings.map((s) => `${s.name}=${s.setting}`).join(", ")})`);
     const settle = STATS_SETTLE_MS - (Date.now() - warmEnd);
     if (settle > 0) await sleep(settle);
 
@@ -401,6 +422,11 @@ profile (per saga, measured run; statement = one round trip to PostgreSQL):`);
     console.log(`  ${"".padEnd(12)} ${stmts.slice(0, 9).map(([k, v]) => `${k} ${(v.n / SAGAS).toFixed(1)}`).join(", ")}`);
   }
 }
+
+setTimeout(() => {
+  console.error(`bench:saga did not finish in ${WATCHDOG_MS / 1000} s; stopping`);
+  process.exit(1);
+}, WATCHDOG_MS).unref();
 
 main().then(
   () => process.exit(process.exitCode ?? 0),

@@ -292,7 +292,8 @@ export async function startSimulator(opts: SimulatorOptions = {}): Promise<Simul
     monthStart.setUTCHours(0, 0, 0, 0);
     let usage = 0;
     for (const d of droplets.values()) {
-      const hours = Math.ceil((now - Math.max(d.createdMs, monthStart.getTime())) / 3_600_000);
+      // A droplet bills its first hour as soon as it exists (even in the millisecond it was created).
+      const hours = Math.max(1, Math.ceil((now - Math.max(d.createdMs, monthStart.getTime())) / 3_600_000));
       usage += Math.min(d.size.price_monthly, hours * d.size.price_hourly);
     }
     const usd = (n: number) => n.toFixed(2);
