@@ -29,6 +29,9 @@ async function main() {
   if (needsProvider && !process.env.DO_API_URL) {
     sim = await startSimulator({ port: Number(process.env.SIM_PORT ?? 3001), host: process.env.SIM_HOST ?? "127.0.0.1" });
     process.env.DO_API_URL = sim.url;
+    // Simulated droplets boot in SIM_ACTIVE_AFTER_MS (1.5 s), not minutes: wait and poll on that scale.
+    process.env.PROVISION_ACTIVE_TIMEOUT_MS ??= "30000";
+    process.env.PROVISION_POLL_MS ??= "250";
   }
 
   const broker = new ServiceBroker({

@@ -3,7 +3,7 @@ import { Saga, SagaStep, CompensationRequest, type SagaStatus, type StepStatus }
 import { DbMixin } from "../lib/db";
 import { currentUser, requireOperator, visibleTo, type User } from "../lib/access";
 import { conflict, notFound } from "../lib/errors";
-import { SagaEngine, PermanentStepError, isTransient, sagaDto, type StepDef, type StepContext } from "./provisioning/engine";
+import { SagaEngine, PermanentStepError, isTransient, sagaDto, type StepDef, type StepContext, type EngineSettings } from "./provisioning/engine";
 
 /*
  * The provisioning saga (SPEC §6). Each step names the action it calls forward and the owning service that
@@ -99,25 +99,32 @@ async function waitDropletActive({ call, outputs, step, settings, heartbeat, sle
 }
 
 const num = (v: string | undefined, d: number) => (v === undefined || v === "" ? d : Number(v));
+
+/** Read when the service starts, not when the module loads: bin/start.ts adjusts some for the embedded simulator. */
+function engineSettings(overrides: Partial<EngineSettings>, env = process.env): EngineSettings {
+  return {
+    leaseMs: num(env.PROVISION_LEASE_MS, 15_000),
+    sweepMs: num(env.PROVISION_SWEEP_MS, 5_000),
+    maxConcurrent: num(env.PROVISION_CONCURRENCY, 100),
+    stepMaxAttempts: num(env.PROVISION_STEP_MAX_ATTEMPTS, 5),
+    backoffMs: num(env.PROVISION_BACKOFF_MS, 500),
+    activeTimeoutMs: num(env.PROVISION_ACTIVE_TIMEOUT_MS, 180_000),
+    pollMs: num(env.PROVISION_POLL_MS, 1_000),
+    compensationMaxAttempts: num(env.COMPENSATION_MAX_ATTEMPTS, 5),
+    compensationAckTimeoutMs: num(env.COMPENSATION_ACK_TIMEOUT_MS, 10_000),
+    dropletSize: env.DO_DEFAULT_SIZE ?? "s-1vcpu-1gb",
+    dropletImage: env.DO_DEFAULT_IMAGE ?? "ubuntu-24-04-x64",
+    ...overrides,
+  };
+}
 type Ctx<P> = Context<P, { user?: User; $statusCode?: number }, any>;
 
 const ProvisioningService: ServiceSchema<any> = {
   name: "provisioning",
   version: 1,
   mixins: [DbMixin([Saga, SagaStep, CompensationRequest])],
-  settings: {
-    leaseMs: num(process.env.PROVISION_LEASE_MS, 15_000),
-    sweepMs: num(process.env.PROVISION_SWEEP_MS, 5_000),
-    maxConcurrent: num(process.env.PROVISION_CONCURRENCY, 100),
-    stepMaxAttempts: num(process.env.PROVISION_STEP_MAX_ATTEMPTS, 5),
-    backoffMs: num(process.env.PROVISION_BACKOFF_MS, 500),
-    activeTimeoutMs: num(process.env.PROVISION_ACTIVE_TIMEOUT_MS, 180_000),
-    pollMs: num(process.env.PROVISION_POLL_MS, 1_000),
-    compensationMaxAttempts: num(process.env.COMPENSATION_MAX_ATTEMPTS, 5),
-    compensationAckTimeoutMs: num(process.env.COMPENSATION_ACK_TIMEOUT_MS, 10_000),
-    dropletSize: process.env.DO_DEFAULT_SIZE ?? "s-1vcpu-1gb",
-    dropletImage: process.env.DO_DEFAULT_IMAGE ?? "ubuntu-24-04-x64",
-  },
+  // Overrides of the environment's values (see engineSettings); tests set them per broker.
+  settings: {},
 
   actions: {
     start: {
@@ -194,7 +201,7 @@ const ProvisioningService: ServiceSchema<any> = {
     };
   },
   async started() {
-    this.engine = new SagaEngine(this.broker, () => this.orm, STEPS, this.settings, this.logger, this.metricsSink);
+    this.engine = new SagaEngine(this.broker, () => this.orm, STEPS, engineSettings(this.settings), this.logger, this.metricsSink);
     this.engine.start();
   },
   async stopped() {
