@@ -87,6 +87,7 @@ const backoff = (base: number, attempt: number) => Math.min(base * 2 ** Math.max
  */
 export class SagaEngine {
   private readonly driving = new Set<string>();
+  private readonly lost = new Set<string>();
   private readonly byName: Map<string, StepDef>;
   private sweepTimer?: NodeJS.Timeout;
   private stopped = false;
@@ -242,7 +243,7 @@ export class SagaEngine {
     try {
       for (;;) {
         if (this.stopped) return;
-        await this.renew(id);
+        this.checkLease(id);
         const state = await this.get(id);
         if (!state) return;
         const { saga, steps } = state;
@@ -278,9 +279,21 @@ export class SagaEngine {
     const timer = setInterval(() => {
       if (busy) return;
       busy = true;
-      this.renew(id).catch(() => undefined).finally(() => (busy = false));
+      this.renew(id)
+        .catch((err) => {
+          if (err instanceof LeaseLost) this.lost.add(id);
+        })
+        .finally(() => (busy = false));
     }, Math.max(10, Math.floor(this.settings.leaseMs / 3)));
-    return () => clearInterval(timer);
+    return () => {
+      clearInterval(timer);
+      this.lost.delete(id);
+    };
+  }
+
+  /** Cheap check between waits: the background renewal found another owner. Writes are guarded anyway. */
+  private checkLease(id: string) {
+    if (this.lost.has(id)) throw new LeaseLost(id);
   }
 
   private async runStep(saga: Saga, all: SagaStep[], step: SagaStep): Promise<boolean> {
@@ -288,19 +301,17 @@ export class SagaEngine {
     const outputs = Object.fromEntries(all.map((s) => [s.name, s.output ?? {}]));
     for (;;) {
       const t0 = Date.now();
-      await this.renew(saga.id);
       await this.updateStep(step, { status: "running", attempts: step.attempts + 1, started_at: step.started_at ?? new Date(), error: null });
       this.emitStep("provisioning.step.started", saga, step);
       const ctx: StepContext = {
         saga, outputs, step, settings: this.settings,
         call: (action, params) => this.broker.call(action, params, { meta: { user: this.user, saga_id: saga.id }, requestID: saga.id }),
         recordIntent: async (output) => this.updateStep(step, { output: { ...step.output, ...output } }),
-        heartbeat: () => this.renew(saga.id),
+        heartbeat: async () => this.checkLease(saga.id),
         sleep,
       };
       try {
         const output = await def.run(ctx);
-        await this.renew(saga.id);
         await this.updateStep(step, { status: "succeeded", finished_at: new Date(), output: { ...step.output, ...output } });
         this.emitStep("provisioning.step.succeeded", saga, step);
         this.metrics.stepFinished(step.name, "succeeded", (Date.now() - t0) / 1000);
@@ -314,7 +325,6 @@ export class SagaEngine {
           await sleep(backoff(this.settings.backoffMs, step.attempts));
           continue;
         }
-        await this.renew(saga.id);
         await this.updateStep(step, { status: "failed", finished_at: new Date(), error: message });
         this.emitStep("provisioning.step.failed", saga, step);
         this.metrics.stepFinished(step.name, "failed", (Date.now() - t0) / 1000);
@@ -397,7 +407,7 @@ export class SagaEngine {
     let current = req;
     while (current.status === "sent" && Date.now() < deadline) {
       await sleep(Math.min(this.settings.pollMs, 100));
-      await this.renew(saga.id);
+      this.checkLease(saga.id);
       current = await this.em().findOneOrFail(CompensationRequest, { id: requestId });
     }
     if (current.status === "confirmed") {
@@ -438,25 +448,33 @@ export class SagaEngine {
     };
   }
 
+  /** Ends the saga and gives up the lease, in one statement that only the lease holder's can match. */
   private async finish(saga: Saga, status: SagaStatus, error?: string) {
-    const em = this.em();
-    const s = await em.findOneOrFail(Saga, { id: saga.id });
-    s.status = status;
-    s.finished_at = new Date();
-    s.updated_at = new Date();
-    s.owner_node = null;
-    s.lease_until = null;
-    if (error) s.error = error;
-    await em.flush();
-    this.emit(`provisioning.saga.${status}`, s);
+    const now = new Date();
+    const rows = await this.em().execute(
+      `update sagas set status = ?, finished_at = ?, updated_at = ?, owner_node = null, lease_until = null, error = coalesce(?, error)
+       where id = ? and owner_node = ? returning error`,
+      [status, now, now, error ?? null, saga.id, this.node],
+    );
+    if (!rows.length) throw new LeaseLost(saga.id);
+    Object.assign(saga, { status, finished_at: now, updated_at: now, error: rows[0].error });
+    this.emit(`provisioning.saga.${status}`, saga);
     this.metrics.sagaFinished(status);
   }
 
+  /**
+   * One statement per step write, and only while this node holds the saga's lease: a node that lost it (and may
+   * not know yet) cannot record anything, nor start a step's forward call, which comes after the `running` write.
+   */
   private async updateStep(step: SagaStep, patch: Partial<SagaStep>) {
-    const em = this.em();
-    const row = await em.findOneOrFail(SagaStep, { id: step.id });
-    Object.assign(row, patch);
-    await em.flush();
+    const cols = Object.keys(patch) as (keyof SagaStep & string)[];
+    const sets = cols.map((c) => (c === "output" ? "output = ?::jsonb" : `${c} = ?`)).join(", ");
+    const values = cols.map((c) => (c === "output" ? JSON.stringify(patch.output) : patch[c]));
+    const rows = await this.em().execute(
+      `update saga_steps set ${sets} where id = ? and exists (select 1 from sagas where id = ? and owner_node = ?) returning id`,
+      [...values, step.id, step.saga_id, this.node],
+    );
+    if (!rows.length) throw new LeaseLost(step.saga_id);
     Object.assign(step, patch);
   }
 
