@@ -1,7 +1,8 @@
 FROM node:24-bookworm-slim
 WORKDIR /app
 COPY package.json package-lock.json ./
-RUN npm ci --no-audit --no-fund
+# npm ci refuses a lock file made on a registry that lacks other platforms' optional builds (see .ci/run)
+RUN npm ci --no-audit --no-fund || npm install --no-audit --no-fund --no-save
 COPY . .
 RUN npm run build
 ENV NODE_ENV=production
