@@ -241,11 +241,12 @@ export class SagaEngine {
     this.driving.add(id);
     const stopKeeping = this.keepLease(id);
     try {
+      // Read once; forward steps keep the rows in memory up to date (every write goes through updateStep), so
+      // only the rarer moves into and through compensation read them again.
+      let state = await this.get(id);
       for (;;) {
-        if (this.stopped) return;
+        if (this.stopped || !state) return;
         this.checkLease(id);
-        const state = await this.get(id);
-        if (!state) return;
         const { saga, steps } = state;
         if (saga.status === "running") {
           const next = steps.find((s) => s.status !== "succeeded" && s.status !== "skipped");
@@ -253,9 +254,13 @@ export class SagaEngine {
             await this.finish(saga, "succeeded");
             return;
           }
-          if (next.status === "failed" || !(await this.runStep(saga, steps, next))) await this.beginCompensation(saga.id);
+          if (next.status === "failed" || !(await this.runStep(saga, steps, next))) {
+            await this.beginCompensation(saga.id);
+            state = await this.get(id);
+          }
         } else if (saga.status === "compensating") {
           if ((await this.compensateNext(saga, steps)) === "finished") return;
+          state = await this.get(id);
         } else {
           return;
         }
