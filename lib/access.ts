@@ -42,6 +42,16 @@ export function tenantScope(user: User): string | null {
   return user.tenant_id;
 }
 
+/**
+ * The tenant a list is limited to, given the `tenant_id` filter asked for: undefined = all tenants (an operator
+ * without a filter); null = nothing (a tenant asking for another tenant's rows gets none, not someone else's).
+ */
+export function listTenant(user: User, requested?: string): string | undefined | null {
+  const scope = tenantScope(user);
+  if (scope && requested && requested !== scope) return null;
+  return scope ?? requested;
+}
+
 export function visibleTo(user: User, tenantId: string): boolean {
   return user.operator || user.tenant_id === tenantId;
 }

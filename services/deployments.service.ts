@@ -4,7 +4,7 @@ import type { Context, ServiceSchema } from "moleculer";
 import { Errors } from "moleculer";
 import { Deployment, DeploymentEvent, DEPLOYMENT_STATES, LLM_MODES, type DeploymentState } from "../entities/deployment";
 import { DbMixin, emOf } from "../lib/db";
-import { currentUser, systemUser, tenantScope, visibleTo, type User } from "../lib/access";
+import { currentUser, listTenant, systemUser, visibleTo, type User } from "../lib/access";
 import { compensationHandler } from "../lib/compensation";
 import { conflict, invalid, invalidTransition, mapDbError, notFound } from "../lib/errors";
 import { canTransition } from "../lib/lifecycle";
@@ -164,10 +164,8 @@ const DeploymentsService: ServiceSchema<any> = {
         const user = currentUser(ctx);
         const p = ctx.params;
         const limit = p.limit ?? 50;
-        const scope = tenantScope(user);
-        // A tenant asking for another tenant's list gets nothing, not someone else's rows.
-        if (scope && p.tenant_id && p.tenant_id !== scope) return { items: [], next_cursor: null };
-        const tenant = scope ?? p.tenant_id;
+        const tenant = listTenant(user, p.tenant_id);
+        if (tenant === null) return { items: [], next_cursor: null };
         const conds: string[] = [];
         const args: unknown[] = [];
         if (tenant) conds.push("tenant_id = ?") && args.push(tenant);

@@ -6,7 +6,7 @@ import { Errors } from "moleculer";
 import { CloudResource, RESOURCE_KINDS, RESOURCE_PROVIDERS, RESOURCE_STATUSES, type ResourceStatus } from "../entities/cloud-resource";
 import { DriftAction, DRIFT_ACTIONS, DRIFT_RESOURCES, type DriftActionName, type DriftActionResult, type DriftResource } from "../entities/drift-action";
 import { DbMixin, emOf } from "../lib/db";
-import { currentUser, requireOperator, systemUser, tenantScope, visibleTo, type User } from "../lib/access";
+import { currentUser, listTenant, requireOperator, systemUser, visibleTo, type User } from "../lib/access";
 import { conflict, invalid, mapDbError, notFound } from "../lib/errors";
 import { decodeCursor, encodeCursor } from "../lib/pagination";
 import { iso, type Page } from "../lib/dto";
@@ -386,11 +386,9 @@ const InventoryService: ServiceSchema<any> = {
         const user = currentUser(ctx);
         const p = ctx.params;
         const limit = p.limit ?? 50;
-        const scope = tenantScope(user);
-        // A tenant asking for another tenant's resources gets nothing, not someone else's rows.
-        if (scope && p.tenant_id && p.tenant_id !== scope) return { items: [], next_cursor: null };
+        const tenant = listTenant(user, p.tenant_id);
+        if (tenant === null) return { items: [], next_cursor: null };
         const where: Record<string, unknown> = {};
-        const tenant = scope ?? p.tenant_id;
         if (tenant) where.tenant_id = tenant;
         if (p.deployment_id) where.deployment_id = p.deployment_id;
         if (p.saga_id) where.saga_id = p.saga_id;

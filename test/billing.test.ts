@@ -4,7 +4,7 @@ import type { ServiceBroker } from "moleculer";
 import { Client } from "pg";
 import { startSimulator, type Simulator } from "../sim/simulator";
 import { makeUser } from "../lib/access";
-import { ADMIN, apiUrl, client, startNode, token, uniq } from "./helpers";
+import { apiUrl, client, startNode, token, uniq, asAdmin } from "./helpers";
 
 /*
  * The operator money views over real PostgreSQL and the simulator. Every figure below is worked out by hand from
@@ -35,7 +35,6 @@ afterAll(async () => {
   await sim?.close();
 });
 
-const asAdmin = { meta: { user: ADMIN } };
 
 async function resource(tenant: string, monthly_cost_cents: number, deploymentId?: string): Promise<any> {
   const { resource: r } = (await broker.call("v1.inventory.register", {

@@ -2,9 +2,8 @@ import { randomUUID } from "node:crypto";
 import type { ServiceBroker } from "moleculer";
 import { Client } from "pg";
 import { startSimulator, type Simulator } from "../sim/simulator";
-import { makeUser } from "../lib/access";
 import { dnsName, tenantLabel } from "../services/dns.service";
-import { ADMIN, startNode, uniq } from "./helpers";
+import { startNode, uniq, asAdmin, asTenant } from "./helpers";
 
 const DOMAIN = "apps.arcadia.test"; // the service's default DNS_DOMAIN
 const LABEL = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
@@ -25,8 +24,6 @@ afterAll(async () => {
   await sim.close();
 });
 
-const asAdmin = { meta: { user: ADMIN } };
-const asTenant = (tenant: string) => ({ meta: { user: makeUser({ sub: uniq("user"), tenant_id: tenant, roles: ["admin"] }) } });
 
 interface SimRecord { id: number; domain: string; type: string; name: string; data: string }
 async function simState(): Promise<{ domain_records: SimRecord[]; requests: Record<string, number> }> {

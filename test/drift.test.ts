@@ -4,7 +4,7 @@ import { Client } from "pg";
 import { startSimulator, type Simulator } from "../sim/simulator";
 import { brokerConfig } from "../moleculer.config";
 import { ALL_SERVICES } from "../services";
-import { ADMIN, apiUrl, client, startNode, token, uniq, waitFor } from "./helpers";
+import { apiUrl, client, startNode, token, uniq, waitFor, asAdmin } from "./helpers";
 
 /*
  * Drift (docs/drift.md) over real PostgreSQL and a simulator of our own. The database is shared with the other
@@ -43,7 +43,6 @@ afterAll(async () => {
   await sim.close();
 });
 
-const asAdmin = { meta: { user: ADMIN } };
 
 async function control(s: Simulator, method: string, path: string, body?: unknown): Promise<any> {
   const res = await fetch(`${s.url}/v2/_sim/${path}`, { method, headers: { "content-type": "application/json" }, body: body === undefined ? undefined : JSON.stringify(body) });

@@ -4,10 +4,13 @@ import { ServiceBroker, type ServiceSchema } from "moleculer";
 import { brokerConfig } from "../moleculer.config";
 import { ALL_SERVICES } from "../services";
 import { mintToken } from "../bin/token";
-import { systemUser } from "../lib/access";
+import { makeUser, systemUser } from "../lib/access";
 
 export const uniq = (prefix = "t") => `${prefix}-${randomUUID().slice(0, 8)}`;
 export const ADMIN = systemUser("test");
+/** Call options for broker.call as the operator-level system user, or as a tenant's admin. */
+export const asAdmin = { meta: { user: ADMIN } };
+export const asTenant = (tenant: string) => ({ meta: { user: makeUser({ sub: uniq("user"), tenant_id: tenant, roles: ["admin"] }) } });
 
 /**
  * A real broker running the named services. With `nats: true` it joins the machine's NATS under a namespace

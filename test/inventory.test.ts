@@ -2,8 +2,7 @@ import { randomUUID } from "node:crypto";
 import type { ServiceBroker } from "moleculer";
 import { Client } from "pg";
 import { startSimulator, type Simulator } from "../sim/simulator";
-import { makeUser } from "../lib/access";
-import { ADMIN, apiUrl, client, startNode, token, uniq } from "./helpers";
+import { apiUrl, client, startNode, token, uniq, asAdmin, asTenant } from "./helpers";
 
 let sim: Simulator;
 let broker: ServiceBroker;
@@ -26,8 +25,6 @@ afterAll(async () => {
   await sim.close();
 });
 
-const asAdmin = { meta: { user: ADMIN } };
-const asTenant = (tenant: string) => ({ meta: { user: makeUser({ sub: uniq("user"), tenant_id: tenant, roles: ["admin"] }) } });
 
 function droplet(tenant: string, extra: Record<string, unknown> = {}) {
   return { external_id: String(nextDroplet++), name: uniq("web"), region: "nyc3", size_slug: "s-1vcpu-1gb", tenant_id: tenant, tags: ["saga:test"], ...extra };
