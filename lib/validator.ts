@@ -5,6 +5,11 @@ import { Validators, Errors } from "moleculer";
  * generic "Parameters validation error!". The field list stays in `data`.
  */
 export class ClearValidator extends Validators.Fastest {
+  constructor() {
+    // fastest-validator's own enum message prints the allowed list where the rejected value belongs.
+    super({ messages: { enumValue: "The '{field}' field must be one of: {expected} (got '{actual}')." } } as any);
+  }
+
   override compile(schema: any) {
     const check = super.compile(schema) as any;
     // Marked async so moleculer's middleware awaits it and our rejection reaches the caller unchanged.

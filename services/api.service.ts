@@ -68,6 +68,8 @@ const ApiService: ServiceSchema<any> = {
       },
     ],
     onError(this: any, req: Req, res: ServerResponse, err: any) {
+      // A body that is not a JSON object is invalid input like any other: 422 VALIDATION_ERROR, not body-parser's 400.
+      if (err?.type === "entity.parse.failed") err = { name: "ValidationError", message: "The request body must be a JSON object", code: 422, type: "VALIDATION_ERROR", data: null };
       const status = Number.isInteger(err?.code) && err.code >= 400 && err.code < 600 ? err.code : 500;
       // Server faults are logged in full and answered without internals.
       const requestId = req.$ctx?.requestID;

@@ -39,6 +39,8 @@ export interface TransitionParams extends IdParams {
   to_state: DeploymentState;
   reason?: string;
   notes?: string;
+  /** Saga moves only: the user who asked for the provisioning, recorded as the event's actor. */
+  actor?: string;
 }
 type Ctx<P> = Context<P, { user?: User; $statusCode?: number }, any>;
 
@@ -157,7 +159,7 @@ const DeploymentsService: ServiceSchema<any> = {
       params: {
         state: { type: "enum", values: DEPLOYMENT_STATES, optional: true },
         limit: { type: "number", integer: true, min: 1, max: 200, convert: true, optional: true },
-        cursor: { type: "string", min: 1, max: 200, optional: true },
+        cursor: { type: "string", max: 200, optional: true },
         tenant_id: { type: "string", min: 1, max: 200, optional: true },
       },
       async handler(ctx: Ctx<ListParams>): Promise<Page<DeploymentDto>> {
@@ -234,9 +236,9 @@ const DeploymentsService: ServiceSchema<any> = {
     /** Saga step activate_deployment: the one move out of provisioning besides the rollback. Idempotent. */
     activateProvisioned: {
       visibility: "public",
-      params: { id: { type: "string" } },
-      async handler(this: any, ctx: Ctx<IdParams>) {
-        return this.transition(ctx, { id: ctx.params.id, to_state: "active", reason: "provisioned" }, true);
+      params: { id: { type: "string" }, actor: { type: "string", optional: true } },
+      async handler(this: any, ctx: Ctx<IdParams & { actor?: string }>) {
+        return this.transition(ctx, { id: ctx.params.id, to_state: "active", reason: "provisioned", actor: ctx.params.actor }, true);
       },
     },
 
@@ -250,7 +252,8 @@ const DeploymentsService: ServiceSchema<any> = {
       (ectx.meta as any).user = systemUser("provisioning");
       const d = await emOf(ectx).findOne(Deployment, { id: req.deployment_id });
       if (!d || d.state !== "provisioning") return;
-      await this.transition(ectx, { id: req.deployment_id, to_state: "cancelled", reason: "provisioning_failed", notes: `saga ${req.saga_id}` }, true);
+      const actor = typeof req.requested_by === "string" ? req.requested_by : undefined;
+      await this.transition(ectx, { id: req.deployment_id, to_state: "cancelled", reason: "provisioning_failed", notes: `saga ${req.saga_id}`, actor }, true);
     }),
   },
 
@@ -285,7 +288,7 @@ const DeploymentsService: ServiceSchema<any> = {
         if (!canTransition(d.state, p.to_state, bySaga)) throw invalidTransition(d.state, p.to_state);
         const now = new Date();
         const event = em.create(DeploymentEvent, {
-          deployment_id: d.id, from_state: d.state, to_state: p.to_state, reason: p.reason ?? "manual", actor: user.sub, notes: p.notes ?? null, occurred_at: now,
+          deployment_id: d.id, from_state: d.state, to_state: p.to_state, reason: p.reason ?? "manual", actor: (bySaga && p.actor) || user.sub, notes: p.notes ?? null, occurred_at: now,
         } as any);
         d.state = p.to_state;
         d.state_since = now;
@@ -309,7 +312,7 @@ const DeploymentsService: ServiceSchema<any> = {
     },
 
     async startProvisioning(ctx: Ctx<unknown>, deployment: DeploymentDto) {
-      return ctx.call("v1.provisioning.start", { deployment_id: deployment.id, tenant_id: deployment.tenant_id, slug: deployment.slug, region: deployment.region });
+      return ctx.call("v1.provisioning.start", { deployment_id: deployment.id, tenant_id: deployment.tenant_id, slug: deployment.slug, region: deployment.region, requested_by: currentUser(ctx).sub });
     },
   },
 };

@@ -192,7 +192,7 @@ const InventoryService: ServiceSchema<any> = {
         status: { type: "enum", values: RESOURCE_STATUSES, optional: true },
         include_destroyed: { type: "boolean", convert: true, optional: true },
         limit: { type: "number", integer: true, min: 1, max: 200, convert: true, optional: true },
-        cursor: { type: "string", min: 1, max: 200, optional: true },
+        cursor: { type: "string", max: 200, optional: true },
       },
       async handler(ctx: Ctx<ListParams>): Promise<Page<ResourceDto>> {
         const user = currentUser(ctx);

@@ -40,7 +40,7 @@ export const STEPS: StepDef[] = [
       return { fqdn: dns_record.fqdn, record_id: dns_record.provider_record_id, ipv4: dns_record.data };
     } },
   { name: "activate_deployment", forward: "v1.deployments.activateProvisioned",
-    run: async ({ call, saga }) => (await call("v1.deployments.activateProvisioned", { id: saga.deployment_id }), {}) },
+    run: async ({ call, saga }) => (await call("v1.deployments.activateProvisioned", { id: saga.deployment_id, actor: saga.input.requested_by }), {}) },
 ];
 
 /** Provider has no idempotency key: the intent (tag) is recorded first, and the tag is asked before any create. */
@@ -129,8 +129,8 @@ const ProvisioningService: ServiceSchema<any> = {
   actions: {
     start: {
       visibility: "public",
-      params: { deployment_id: "uuid", tenant_id: "string", slug: "string", region: "string" },
-      async handler(this: any, ctx: Ctx<{ deployment_id: string; tenant_id: string; slug: string; region: string }>) {
+      params: { deployment_id: "uuid", tenant_id: "string", slug: "string", region: "string", requested_by: { type: "string", optional: true } },
+      async handler(this: any, ctx: Ctx<{ deployment_id: string; tenant_id: string; slug: string; region: string; requested_by?: string }>) {
         currentUser(ctx);
         return this.engine.create(ctx.params);
       },

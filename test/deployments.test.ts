@@ -2,7 +2,7 @@ import type { ServiceBroker } from "moleculer";
 import { Client } from "pg";
 import { DEPLOYMENT_STATES, type DeploymentState } from "../entities/deployment";
 import { TRANSITIONS } from "../lib/lifecycle";
-import { apiUrl, client, startNode, token, uniq } from "./helpers";
+import { apiUrl, client, http, startNode, token, uniq } from "./helpers";
 
 let broker: ServiceBroker;
 let base: string;
@@ -96,13 +96,19 @@ describe("create", () => {
     expect((await api.get("/deployments")).body.items).toEqual([]);
   });
 
-  test("malformed JSON is a 4xx and creates nothing", async () => {
+  test.each(["{slug:", "null", "5", '"x"'])("a body that is not a JSON object (%s) is 422 VALIDATION_ERROR and creates nothing", async (raw) => {
     const tenant = uniq("v");
     const tok = await token({ tenant });
-    const res = await fetch(`${base}/deployments`, { method: "POST", headers: { authorization: `Bearer ${tok}`, "content-type": "application/json" }, body: "{slug:" });
-    expect(res.status).toBeGreaterThanOrEqual(400);
-    expect(res.status).toBeLessThan(500);
+    const res = await http(base, "POST", "/deployments", { token: tok, raw });
+    expect(res.status).toBe(422);
+    expect(res.body).toMatchObject({ code: 422, type: "VALIDATION_ERROR", message: "The request body must be a JSON object" });
     expect((await client(base, tok).get("/deployments")).body.items).toEqual([]);
+  });
+
+  test("an unknown enum value is named in the message with the allowed ones", async () => {
+    const api = client(base, await token({ tenant: uniq("v") }));
+    const res = await api.post("/deployments", { slug: "ok", llm_mode: "gpt" });
+    expect(res.body.message).toBe("The 'llm_mode' field must be one of: none, shared, byok (got 'gpt').");
   });
 });
 
@@ -222,6 +228,9 @@ describe("list", () => {
 
   test("bad query parameters are 422", async () => {
     const api = client(base, await token({ tenant: uniq("list") }));
+    // An empty cursor is the first page (clients send cursor=${next_cursor ?? ""}).
+    const first = await api.get("/deployments?cursor=");
+    expect(first.status).toBe(200);
     for (const q of ["limit=0", "limit=201", "limit=abc", "state=nope", "cursor=garbage"]) {
       const res = await api.get(`/deployments?${q}`);
       expect(res.status).toBe(422);

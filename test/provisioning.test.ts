@@ -79,7 +79,8 @@ async function expectRolledBack(p: Awaited<ReturnType<typeof provision>>, saga: 
   expect(saga.error).toEqual(expect.any(String));
   const got = (await p.api.get(`/deployments/${p.deployment.id}`)).body;
   expect(got.deployment.state).toBe("cancelled");
-  expect(got.events.at(-1)).toMatchObject({ from_state: "provisioning", to_state: "cancelled", reason: "provisioning_failed" });
+  // The saga's moves are recorded with the user who asked for the provisioning.
+  expect(got.events.at(-1)).toMatchObject({ from_state: "provisioning", to_state: "cancelled", reason: "provisioning_failed", actor: "pat" });
   expect(got.saga.id).toBe(saga.id);
   expect(await dropletsTagged(`saga-${saga.id}`)).toEqual([]);
   expect(await recordsFor(p.fqdn)).toEqual([]);
@@ -121,7 +122,7 @@ test("happy path: active, one droplet, one linked inventory row, one A record wi
 
   const got = (await p.api.get(`/deployments/${p.deployment.id}`)).body;
   expect(got.deployment.state).toBe("active");
-  expect(got.events.map((e: any) => e.to_state)).toEqual(["provisioning", "active"]);
+  expect(got.events.map((e: any) => [e.to_state, e.actor])).toEqual([["provisioning", "pat"], ["active", "pat"]]);
   expect(got.saga).toMatchObject({ id: saga.id, status: "succeeded" });
   const inv = (await p.api.get(`/inventory?deployment_id=${p.deployment.id}`)).body.items;
   expect(inv).toHaveLength(1);

@@ -131,7 +131,7 @@ export class SagaEngine {
   }
 
   /** Creates the saga owned by this node and starts driving it. */
-  async create(input: { deployment_id: string; tenant_id: string; slug: string; region: string }): Promise<SagaDto> {
+  async create(input: { deployment_id: string; tenant_id: string; slug: string; region: string; requested_by?: string }): Promise<SagaDto> {
     const now = new Date();
     const em = this.em();
     const id = randomUUID();
@@ -447,7 +447,7 @@ export class SagaEngine {
   private compensationPayload(saga: Saga, step: string, op: string, outputs: Record<string, Record<string, any>>) {
     const created = outputs.create_droplet ?? {};
     return {
-      saga_id: saga.id, step, op, deployment_id: saga.deployment_id, tenant_id: saga.tenant_id,
+      saga_id: saga.id, step, op, deployment_id: saga.deployment_id, tenant_id: saga.tenant_id, requested_by: saga.input.requested_by ?? null,
       tag: created.tag ?? null, droplet_id: created.droplet_id ?? null,
       resource_id: outputs.register_inventory?.resource_id ?? null,
     };
