@@ -39,6 +39,8 @@ export const DeploymentEvent = defineEntity({
     actor: p.string(),
     notes: p.text().nullable(),
     occurred_at: p.datetime(3),
+    /** Set once deployments.created / deployments.transitioned went out (the table is the events' outbox). */
+    published_at: p.datetime(3).nullable(),
   },
 });
 export type DeploymentEvent = InferEntity<typeof DeploymentEvent>;

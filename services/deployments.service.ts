@@ -1,6 +1,7 @@
 import { randomUUID } from "node:crypto";
 import { LockMode } from "@mikro-orm/core";
 import type { Context, ServiceSchema } from "moleculer";
+import type { EntityManager } from "@mikro-orm/postgresql";
 import { Errors } from "moleculer";
 import { Deployment, DeploymentEvent, DEPLOYMENT_STATES, LLM_MODES, type DeploymentState } from "../entities/deployment";
 import { DbMixin, emOf } from "../lib/db";
@@ -83,6 +84,8 @@ const DeploymentsService: ServiceSchema<any> = {
   settings: {
     defaultRegion: process.env.DEFAULT_REGION ?? "nyc3",
     defaultTemplate: process.env.DEFAULT_TEMPLATE ?? "arcadia-app",
+    // How often (and how old) unpublished events are looked for; 0 turns the sweep off.
+    eventSweepMs: Number(process.env.DEPLOYMENT_EVENTS_SWEEP_MS ?? 5_000),
   },
 
   actions: {
@@ -136,7 +139,7 @@ const DeploymentsService: ServiceSchema<any> = {
           mapDbError(err, () => conflict(`Slug '${p.slug}' is already used by this tenant`, "SLUG_TAKEN", { slug: p.slug }));
         }
         const dto = deploymentDto(deployment);
-        ctx.emit("deployments.created", { deployment: dto, event: eventDto(event) });
+        await this.publish(ctx, "deployments.created", { deployment: dto, event: eventDto(event) });
 
         if (!p.provision) {
           ctx.meta.$statusCode = 201;
@@ -177,7 +180,7 @@ const DeploymentsService: ServiceSchema<any> = {
           conds.push("(inserted_at, id) < (?, ?)") && args.push(c.insertedAt, c.id);
         }
         const where = conds.length ? `where ${conds.join(" and ")}` : "";
-        const rows = await this.readDeployments(ctx, `${where} order by inserted_at desc, id desc limit ${limit + 1}`, args);
+        const rows = await this.readDeployments(emOf(ctx), `${where} order by inserted_at desc, id desc limit ${limit + 1}`, args);
         const page = rows.slice(0, limit);
         const last = page[page.length - 1];
         return { items: page, next_cursor: rows.length > limit && last ? encodeCursor(new Date(last.inserted_at!), last.id) : null };
@@ -190,7 +193,7 @@ const DeploymentsService: ServiceSchema<any> = {
         const user = currentUser(ctx);
         const id = ctx.params.id;
         if (!UUID.test(id)) throw notFound("Deployment", id);
-        const [deployment] = await this.readDeployments(ctx, "where id = ?", [id]);
+        const [deployment] = await this.readDeployments(emOf(ctx), "where id = ?", [id]);
         if (!deployment || !visibleTo(user, deployment.tenant_id)) throw notFound("Deployment", id);
         const [events, subscription, saga] = await Promise.all([
           emOf(ctx).getConnection().execute(`select id, deployment_id, from_state, to_state, reason, actor, notes, ${isoSql("occurred_at")} as occurred_at from deployment_events where deployment_id = ? order by id`, [id]),
@@ -257,14 +260,51 @@ const DeploymentsService: ServiceSchema<any> = {
     }),
   },
 
+  /*
+   * Events are at least once: deployment_events is their outbox. The normal path publishes right after the commit
+   * and marks the row; the sweep publishes rows a crash left unmarked (consumers dedupe by event.id).
+   */
+  started() {
+    const every = Number(this.settings.eventSweepMs);
+    if (every > 0) this.eventSweep = setInterval(() => this.publishLeftovers().catch((err: Error) => this.logger.warn({ err: err.message }, "event sweep failed")), every);
+  },
+  stopped() {
+    clearInterval(this.eventSweep);
+  },
+
   methods: {
+    async publish(ctx: Ctx<unknown>, name: string, payload: { deployment: DeploymentDto; event: ReturnType<typeof eventDto> }) {
+      await ctx.emit(name, payload);
+      await emOf(ctx).getConnection().execute("update deployment_events set published_at = now() where id = ? and published_at is null", [payload.event.id]);
+    },
+
+    /** Unpublished events older than the sweep period: claimed with skip locked so two nodes never send one twice. */
+    async publishLeftovers(): Promise<number> {
+      const em = this.orm.em.fork();
+      return em.transactional(async (tx: any) => {
+        const rows = await tx.execute(
+          `select e.id, e.deployment_id, e.from_state, e.to_state, e.reason, e.actor, e.notes, ${isoSql("e.occurred_at")} as occurred_at
+           from deployment_events e where e.published_at is null and e.occurred_at < now() - (? || ' milliseconds')::interval
+           order by e.id limit 100 for update skip locked`,
+          [String(this.settings.eventSweepMs)],
+        );
+        for (const row of rows) {
+          const event = eventDto(row);
+          const [deployment] = await this.readDeployments(tx, "where id = ?", [event.deployment_id]);
+          if (deployment) await this.broker.emit(event.from_state === null ? "deployments.created" : "deployments.transitioned", { deployment, event });
+          await tx.execute("update deployment_events set published_at = now() where id = ?", [event.id]);
+        }
+        return rows.length;
+      });
+    },
+
     /**
      * The hot read paths (GET /deployments, GET /deployments/:id) read rows straight into DTOs: they never
      * write, and MikroORM's hydration was most of their CPU (README: Benchmarks).
      */
-    async readDeployments(ctx: Ctx<unknown>, tail: string, args: unknown[]): Promise<DeploymentDto[]> {
+    async readDeployments(em: EntityManager, tail: string, args: unknown[]): Promise<DeploymentDto[]> {
       const cols = `id, tenant_id, slug, display_name, region, state, ${isoSql("state_since")} as state_since, llm_mode, billing_action_suspended, template_code, template_version, ${isoSql("inserted_at")} as inserted_at, ${isoSql("updated_at")} as updated_at`;
-      const rows = await emOf(ctx).getConnection().execute(`select ${cols} from deployments ${tail}`, args);
+      const rows = await em.execute(`select ${cols} from deployments ${tail}`, args);
       return rows.map((r: any) => ({ ...r, template_version: r.template_version ?? null }) as DeploymentDto);
     },
 
@@ -297,7 +337,7 @@ const DeploymentsService: ServiceSchema<any> = {
         changed = { dto: deploymentDto(d), event: eventDto(event) };
         return d;
       });
-      if (changed) ctx.emit("deployments.transitioned", { deployment: (changed as any).dto, event: (changed as any).event });
+      if (changed) await this.publish(ctx, "deployments.transitioned", { deployment: (changed as any).dto, event: (changed as any).event });
       return { deployment: deploymentDto(result) };
     },
 

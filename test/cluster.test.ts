@@ -10,8 +10,9 @@ const events: { name: string; payload: any }[] = [];
 
 beforeAll(async () => {
   const ns = newNamespace();
-  servicesA = await startNode(["deployments", "subscriptions"], { nats: ns, nodeID: "services-a" });
-  servicesB = await startNode(["deployments"], { nats: ns, nodeID: "services-b" });
+  const settings = { deployments: { eventSweepMs: 300 } };
+  servicesA = await startNode(["deployments", "subscriptions"], { nats: ns, nodeID: "services-a", settings });
+  servicesB = await startNode(["deployments"], { nats: ns, nodeID: "services-b", settings });
   gateway = await startNode(["api"], { nats: ns, nodeID: "gateway" });
   gateway.createService({
     name: "listener",
@@ -74,4 +75,32 @@ test("50 concurrent transitions spread over two deployments nodes still leave a 
   expect(log.length).toBeGreaterThan(2);
   for (let i = 1; i < log.length; i++) expect(log[i].from_state).toBe(log[i - 1].to_state);
   expect(log.at(-1).to_state).toBe(deployment.state);
+});
+
+test("an event whose publication a crash interrupted is published by the sweep", async () => {
+  const { Client } = await import("pg");
+  const pg = new Client({ connectionString: process.env.DATABASE_URL });
+  await pg.connect();
+  try {
+    const api = client(base, await token({ tenant: uniq("outbox") }));
+    const id = (await api.post("/deployments", { slug: "outbox" })).body.deployment.id;
+    await api.post(`/deployments/${id}/transition`, { to_state: "paused" });
+    const mine = () => events.filter((e) => e.payload.deployment.id === id);
+    await waitFor(async () => mine().length >= 2, { what: "both events" });
+    const rows = async () => (await pg.query("select id, published_at from deployment_events where deployment_id = $1 order by id", [id])).rows;
+    expect((await rows()).every((r) => r.published_at !== null)).toBe(true);
+
+    // As if the node died between the commit and the publication of the transition.
+    const transition = (await rows())[1];
+    await pg.query("update deployment_events set published_at = null where id = $1", [transition.id]);
+    await waitFor(async () => mine().length >= 3, { what: "the republished event" });
+    const again = mine()[2];
+    expect(again.name).toBe("deployments.transitioned");
+    expect(again.payload.event).toMatchObject({ id: Number(transition.id), from_state: "active", to_state: "paused" });
+    expect(again.payload.deployment.state).toBe("paused");
+    await waitFor(async () => (await rows())[1].published_at !== null, { what: "the row marked published" });
+    expect(mine().filter((e) => e.payload.event.id === Number(transition.id))).toHaveLength(2);
+  } finally {
+    await pg.end();
+  }
 });
