@@ -106,9 +106,14 @@ export function DbMixin(entities: any[]): Partial<ServiceSchema> {
       ready: {
         visibility: "public",
         async handler(this: any) {
-          const rows = await (this as DbService).orm.em.getConnection().execute("select 1 as ok");
-          return { database: rows[0]?.ok === 1 };
+          return { database: await this.dbReady() };
         },
+      },
+    },
+    methods: {
+      async dbReady(this: any): Promise<boolean> {
+        const rows = await (this as DbService).orm.em.getConnection().execute("select 1 as ok");
+        return rows[0]?.ok === 1;
       },
     },
   };

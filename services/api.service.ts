@@ -104,13 +104,16 @@ const ApiService: ServiceSchema<any> = {
       async handler(this: any, ctx: Context<unknown, { $statusCode?: number }>) {
         const checks: Record<string, string> = {};
         checks.transporter = !this.broker.transit || this.broker.transit.connected ? "ok" : "disconnected";
-        const dbs = await Promise.all(
-          // Every database-backed service this cluster runs answers for its own connection.
+        // Every database-backed service this cluster runs answers for its own connection; inventory also for the provider.
+        const answers = await Promise.all(
           this.readyActions().map((a: string) =>
-            ctx.call<{ database: boolean }, object>(a, {}, { timeout: 3000 }).then((r) => (r.database ? "ok" : "failed"), (e: Error) => `failed: ${e.message}`),
+            ctx.call<{ database: boolean; provider?: string }, object>(a, {}, { timeout: 3000 }).catch((e: Error) => ({ database: false, error: e.message })),
           ),
         );
-        checks.database = !dbs.length ? "no database service discovered" : dbs.every((d) => d === "ok") ? "ok" : (dbs.find((d) => d !== "ok") as string);
+        const dbs = answers.map((r: any) => (r.database ? "ok" : `failed${r.error ? `: ${r.error}` : ""}`));
+        checks.database = !dbs.length ? "no database service discovered" : (dbs.find((d: string) => d !== "ok") ?? "ok");
+        const providers = answers.map((r: any) => r.provider).filter((p: unknown): p is string => typeof p === "string");
+        if (providers.length) checks.provider = providers.find((p: string) => p !== "ok") ?? "ok";
         const ok = Object.values(checks).every((c) => c === "ok");
         if (!ok) ctx.meta.$statusCode = 503;
         return { status: ok ? "ok" : "unavailable", checks };

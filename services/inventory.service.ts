@@ -93,9 +93,23 @@ const InventoryService: ServiceSchema<any> = {
   created() {
     this.doClient = doClientFrom(this.settings);
     this.sizes = new SizeCache(this.doClient, this.settings.sizesTtlMs);
+    // /ready asks once, without the client's retries: a provider that does not answer now is not ready.
+    this.probeClient = doClientFrom({ ...this.settings, doMaxRetries: 0 });
   },
 
   actions: {
+    /** For the gateway's /ready: the database (as every DB service) and the provider answering with our token. */
+    ready: {
+      visibility: "public",
+      async handler(this: any) {
+        const provider = await this.probeClient.getAccount().then(
+          () => "ok",
+          (err: Error) => `failed: ${err.message}`,
+        );
+        return { database: await this.dbReady(), provider };
+      },
+    },
+
     /** Idempotent by (provider, external_id): a second register returns the same row with mutable fields updated. */
     register: {
       visibility: "public",

@@ -245,3 +245,20 @@ test("a compensation that keeps failing ends compensation_failed; an operator re
   await expectRolledBack(p, await settled(p.api, p.sagaId));
   expect((await operator.post(`/sagas/${failed.id}/retry`)).status).toBe(409);
 });
+
+test("/ready checks the database, the transporter and the provider", async () => {
+  const ready = await client(base).get("/ready");
+  expect(ready.status).toBe(200);
+  expect(ready.body).toMatchObject({ status: "ok", checks: { database: "ok", transporter: "ok", provider: "ok" } });
+
+  // A cluster whose provider does not answer is not ready.
+  const closed = await startNode(["api", "inventory"], { settings: { inventory: { doApiUrl: "http://127.0.0.1:9", doMaxRetries: 0 } } });
+  try {
+    const res = await client(apiUrl(closed)).get("/ready");
+    expect(res.status).toBe(503);
+    expect(res.body.status).toBe("unavailable");
+    expect(res.body.checks).toMatchObject({ database: "ok", transporter: "ok", provider: expect.stringMatching(/^failed: /) });
+  } finally {
+    await closed.stop();
+  }
+});

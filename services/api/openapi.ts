@@ -21,7 +21,7 @@ const STATES = ["provisioning", "trial", "active", "paused", "past_due", "suspen
 
 export const ROUTE_DOCS: Record<string, RouteDoc> = {
   "GET /health": { summary: "Liveness", access: "public", status: 200, response: "Health" },
-  "GET /ready": { summary: "Readiness: database (every database-backed service), transporter", access: "public", status: 200, response: "Health" },
+  "GET /ready": { summary: "Readiness: database (every database-backed service), transporter, provider", access: "public", status: 200, response: "Health" },
   "GET /openapi.json": { summary: "This document", access: "public", status: 200, response: "Any" },
   "GET /deployments": {
     summary: "List deployments, newest first (keyset pagination)", access: "scoped", status: 200, response: "DeploymentList",
