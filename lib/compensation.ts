@@ -27,13 +27,13 @@ export function compensationHandler(undo: (this: any, req: CompensationRequestEv
     } catch (err) {
       ok = false;
       error = (err as Error).message;
-      this.logger.warn({ saga_id: req.saga_id, step: req.step, err: error }, "compensation failed");
+      this.logger.warn({ request_id: req.saga_id, saga_id: req.saga_id, deployment_id: req.deployment_id, step: req.step, err: error }, "compensation failed");
     }
     try {
       await ctx.call("v1.provisioning.confirmCompensation", { request_id: req.request_id, ok, error }, { meta });
     } catch (err) {
       // The orchestrator resends unconfirmed requests; losing this confirmation only costs a repeat.
-      this.logger.warn({ saga_id: req.saga_id, step: req.step, err: (err as Error).message }, "could not confirm compensation");
+      this.logger.warn({ request_id: req.saga_id, saga_id: req.saga_id, deployment_id: req.deployment_id, step: req.step, err: (err as Error).message }, "could not confirm compensation");
     }
   };
 }

@@ -11,6 +11,7 @@ import { conflict, invalid, invalidTransition, mapDbError, notFound } from "../l
 import { canTransition } from "../lib/lifecycle";
 import { decodeCursor, encodeCursor } from "../lib/pagination";
 import { iso, isoSql, type Page } from "../lib/dto";
+import { logFields } from "../lib/log-context";
 
 const SLUG = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$";
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
@@ -274,6 +275,8 @@ const DeploymentsService: ServiceSchema<any> = {
 
   methods: {
     async publish(ctx: Ctx<unknown>, name: string, payload: { deployment: DeploymentDto; event: ReturnType<typeof eventDto> }) {
+      const e = payload.event;
+      this.logger.info({ ...logFields(ctx), deployment_id: e.deployment_id, tenant_id: payload.deployment.tenant_id, from_state: e.from_state, to_state: e.to_state, actor: e.actor }, name);
       await ctx.emit(name, payload);
       await emOf(ctx).getConnection().execute("update deployment_events set published_at = now() where id = ? and published_at is null", [payload.event.id]);
     },

@@ -132,7 +132,7 @@ const ProvisioningService: ServiceSchema<any> = {
       params: { deployment_id: "uuid", tenant_id: "string", slug: "string", region: "string", requested_by: { type: "string", optional: true } },
       async handler(this: any, ctx: Ctx<{ deployment_id: string; tenant_id: string; slug: string; region: string; requested_by?: string }>) {
         currentUser(ctx);
-        return this.engine.create(ctx.params);
+        return this.engine.create(ctx.params, ctx.requestID);
       },
     },
     get: {

@@ -131,7 +131,7 @@ export class SagaEngine {
   }
 
   /** Creates the saga owned by this node and starts driving it. */
-  async create(input: { deployment_id: string; tenant_id: string; slug: string; region: string; requested_by?: string }): Promise<SagaDto> {
+  async create(input: { deployment_id: string; tenant_id: string; slug: string; region: string; requested_by?: string }, requestId?: string): Promise<SagaDto> {
     const now = new Date();
     const em = this.em();
     const id = randomUUID();
@@ -144,6 +144,8 @@ export class SagaEngine {
       em.create(SagaStep, { id: randomUUID(), saga_id: id, idx, name: s.name, status: "pending", attempts: 0, output: {}, compensation_attempts: 0, started_at: null, finished_at: null, error: null, compensation_error: null, compensated_at: null }),
     );
     await em.flush();
+    // Ties the HTTP request that asked for it to the saga, whose own lines use the saga id as request id.
+    this.logger.info({ request_id: requestId, saga_id: id, deployment_id: input.deployment_id }, "provisioning saga created");
     this.emit("provisioning.saga.started", saga);
     setImmediate(() => void this.drive(id));
     return sagaDto(saga, steps);
@@ -325,7 +327,7 @@ export class SagaEngine {
         if (err instanceof LeaseLost) throw err;
         const message = err?.message ?? String(err);
         if (isTransient(err) && step.attempts < this.settings.stepMaxAttempts) {
-          this.logger.warn({ saga_id: saga.id, step: step.name, attempt: step.attempts, err: message }, "transient step failure; retrying");
+          this.logger.warn({ request_id: saga.id, saga_id: saga.id, deployment_id: saga.deployment_id, step: step.name, attempt: step.attempts, err: message }, "transient step failure; retrying");
           await this.updateStep(step, { error: message });
           await sleep(backoff(this.settings.backoffMs, step.attempts));
           continue;
@@ -484,9 +486,11 @@ export class SagaEngine {
   }
 
   private emit(event: string, saga: Saga) {
+    this.logger.info({ request_id: saga.id, saga_id: saga.id, deployment_id: saga.deployment_id, status: saga.status, error: saga.error ?? undefined }, event);
     this.broker.broadcast(event, { saga_id: saga.id, deployment_id: saga.deployment_id, tenant_id: saga.tenant_id, status: saga.status, error: saga.error ?? null });
   }
   private emitStep(event: string, saga: Saga, step: SagaStep) {
+    this.logger.info({ request_id: saga.id, saga_id: saga.id, deployment_id: saga.deployment_id, step: step.name, status: step.status, attempts: step.attempts, error: step.error ?? undefined }, event);
     this.broker.broadcast(event, { saga_id: saga.id, deployment_id: saga.deployment_id, step: step.name, status: step.status, attempts: step.attempts, error: step.error ?? null, output: step.output ?? {} });
   }
 }
