@@ -2,7 +2,7 @@ import type { ServiceBroker } from "moleculer";
 import { Client } from "pg";
 import { DEPLOYMENT_STATES, type DeploymentState } from "../entities/deployment";
 import { TRANSITIONS } from "../lib/lifecycle";
-import { apiUrl, client, http, startNode, token, uniq } from "./helpers";
+import { apiUrl, client, http, startNode, token, uniq, allPages } from "./helpers";
 
 let broker: ServiceBroker;
 let base: string;
@@ -209,17 +209,7 @@ describe("list", () => {
     const api = client(base, await token({ tenant: uniq("list") }));
     const ids: string[] = [];
     for (let i = 0; i < 7; i++) ids.push((await api.post("/deployments", { slug: `d${i}`, state: i % 2 ? "trial" : "active" })).body.deployment.id);
-    const seen: string[] = [];
-    let cursor: string | null = null;
-    let pages = 0;
-    do {
-      const res: any = await api.get(`/deployments?limit=3${cursor ? `&cursor=${cursor}` : ""}`);
-      expect(res.status).toBe(200);
-      expect(res.body.items.length).toBeLessThanOrEqual(3);
-      seen.push(...res.body.items.map((d: any) => d.id));
-      cursor = res.body.next_cursor;
-      pages++;
-    } while (cursor);
+    const { ids: seen, pages } = await allPages(api, "/deployments", 3);
     expect(pages).toBe(3);
     expect(seen).toEqual([...ids].reverse());
     const trials = (await api.get("/deployments?state=trial")).body.items;

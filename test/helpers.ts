@@ -123,3 +123,18 @@ export function actionFaults() {
     },
   };
 }
+
+/** Follows next_cursor from the first page to the last, checking each page's size; the ids in order and the page count. */
+export async function allPages(api: ReturnType<typeof client>, path: string, limit: number): Promise<{ ids: string[]; pages: number }> {
+  const ids: string[] = [];
+  let cursor: string | null = null;
+  let pages = 0;
+  do {
+    const res: HttpResult = await api.get(`${path}${path.includes("?") ? "&" : "?"}limit=${limit}${cursor ? `&cursor=${cursor}` : ""}`);
+    if (res.status !== 200 || res.body.items.length > limit) throw new Error(`page ${pages + 1} of ${path}: ${res.status} ${JSON.stringify(res.body).slice(0, 200)}`);
+    ids.push(...res.body.items.map((r: { id: string }) => r.id));
+    cursor = res.body.next_cursor;
+    pages++;
+  } while (cursor);
+  return { ids, pages };
+}

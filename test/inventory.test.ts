@@ -2,7 +2,7 @@ import { randomUUID } from "node:crypto";
 import type { ServiceBroker } from "moleculer";
 import { Client } from "pg";
 import { startSimulator, type Simulator } from "../sim/simulator";
-import { apiUrl, client, startNode, token, uniq, asAdmin, asTenant } from "./helpers";
+import { apiUrl, client, startNode, token, uniq, asAdmin, asTenant, allPages } from "./helpers";
 
 let sim: Simulator;
 let broker: ServiceBroker;
@@ -248,17 +248,7 @@ describe("GET /api/v1/inventory", () => {
     expect((await api.get("/inventory?status=active")).body.items.map((r: any) => r.id)).toEqual([ids[1], ids[0]]);
     expect((await api.get(`/inventory?status=active&deployment_id=${dep}`)).body.items.map((r: any) => r.id)).toEqual([ids[0]]);
 
-    const seen: string[] = [];
-    let cursor: string | null = null;
-    let pages = 0;
-    do {
-      const res: any = await api.get(`/inventory?limit=3${cursor ? `&cursor=${cursor}` : ""}`);
-      expect(res.status).toBe(200);
-      expect(res.body.items.length).toBeLessThanOrEqual(3);
-      seen.push(...res.body.items.map((r: any) => r.id));
-      cursor = res.body.next_cursor;
-      pages++;
-    } while (cursor);
+    const { ids: seen, pages } = await allPages(api, "/inventory", 3);
     expect(pages).toBe(3);
     expect(seen).toEqual([...ids].reverse());
 
