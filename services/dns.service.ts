@@ -234,7 +234,7 @@ const DnsService: ServiceSchema<any> = {
       await this.write(ctx, p.deployment_id, fqdn, (r: DnsRecord | null, tx: EntityManager, now: Date) => {
         const fields = { tenant_id: p.tenant_id, fqdn, domain: this.domain, record_name: name, type: "A", data: p.ipv4, provider_record_id: current?.id ?? null, status: "pointing", updated_at: now, ...intent };
         if (r) return tx.assign(r, fields as any);
-        tx.create(DnsRecord, { id: randomUUID(), deployment_id: p.deployment_id, inserted_at: now, ...fields } as any);
+        return tx.create(DnsRecord, { id: randomUUID(), deployment_id: p.deployment_id, inserted_at: now, ...fields } as any);
       });
 
       // 3. The change at the provider: update the record found by name, or create it. Never a second record.
@@ -246,7 +246,7 @@ const DnsService: ServiceSchema<any> = {
       // 4. The outcome.
       const saved = await this.write(ctx, p.deployment_id, fqdn, (r: DnsRecord | null, tx: EntityManager, now: Date) => {
         if (!r) throw notFound("DNS record of deployment", p.deployment_id);
-        tx.assign(r, { provider_record_id: record.id, data: p.ipv4, status: "pointed", updated_at: now } as any);
+        return tx.assign(r, { provider_record_id: record.id, data: p.ipv4, status: "pointed", updated_at: now } as any);
       });
       const dto = dnsRecordDto(saved);
       ctx.emit("dns.pointed", { dns_record: dto });
@@ -269,7 +269,7 @@ const DnsService: ServiceSchema<any> = {
       }
       const saved = await this.write(ctx, deploymentId, row.fqdn, (r: DnsRecord | null, tx: EntityManager, now: Date) => {
         if (!r) throw notFound("DNS record of deployment", deploymentId);
-        tx.assign(r, { status: "reverted", updated_at: now } as any);
+        return tx.assign(r, { status: "reverted", updated_at: now } as any);
       });
       const dto = dnsRecordDto(saved);
       ctx.emit("dns.reverted", { dns_record: dto });
@@ -280,7 +280,7 @@ const DnsService: ServiceSchema<any> = {
      * One short transaction on the deployment's row (locked). A reverted row of another deployment holding the
      * same name is removed first, so a name freed by a revert can be pointed again.
      */
-    async write(ctx: Ctx<unknown>, deploymentId: string, fqdn: string, apply: (r: DnsRecord | null, em: EntityManager, now: Date) => unknown): Promise<DnsRecord> {
+    async write(ctx: Ctx<unknown>, deploymentId: string, fqdn: string, apply: (r: DnsRecord | null, em: EntityManager, now: Date) => DnsRecord): Promise<DnsRecord> {
       try {
         return await emOf(ctx).fork().transactional(async (tx) => {
           const em = tx as EntityManager;
@@ -291,9 +291,9 @@ const DnsService: ServiceSchema<any> = {
             await em.flush();
           }
           const r = await em.findOne(DnsRecord, { deployment_id: deploymentId }, { lockMode: LockMode.PESSIMISTIC_WRITE });
-          apply(r, em, new Date());
+          const saved = apply(r, em, new Date());
           await em.flush();
-          return (await em.findOne(DnsRecord, { deployment_id: deploymentId }))!;
+          return saved;
         });
       } catch (err) {
         mapDbError(err, () => conflict(`${fqdn} already points to another deployment`, "DNS_NAME_TAKEN", { fqdn }));
