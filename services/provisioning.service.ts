@@ -49,11 +49,8 @@ async function createDroplet({ call, saga, recordIntent }: StepContext) {
   const name = `${saga.input.slug}-${saga.id.slice(0, 8)}`;
   await recordIntent({ tag, name });
   const adopt = async () => {
-    const { droplets } = await call("v1.inventory.dropletsByTag", { tag });
-    if (!droplets.length) return null;
-    const [keep, ...extra] = [...droplets].sort((a: any, b: any) => a.id - b.id);
-    for (const d of extra) await call("v1.inventory.destroyDroplet", { id: d.id });
-    return { tag, name, droplet_id: keep.id, adopted: true };
+    const kept = await settleTag(call, tag);
+    return kept === null ? null : { tag, name, droplet_id: kept, adopted: true };
   };
   const found = await adopt();
   if (found) return found;
@@ -71,12 +68,16 @@ async function createDroplet({ call, saga, recordIntent }: StepContext) {
 }
 
 /**
- * A create sent by a node that then died can still land after the resumed node looked the tag up: once the kept
- * droplet is active, anything else under the saga's tag is such a late duplicate and goes.
+ * The droplets under a saga's tag, settled to one: `keep` (or, without it, the oldest) stays, any other is a
+ * duplicate and goes. Null when the tag has none. A create sent by a node that then died can land after the
+ * resumed node looked the tag up, so the wait step settles the tag again once its droplet is active.
  */
-async function destroyExtraDroplets(call: StepContext["call"], tag: string, keep: number) {
+async function settleTag(call: StepContext["call"], tag: string, keep?: number): Promise<number | null> {
   const { droplets } = await call("v1.inventory.dropletsByTag", { tag });
-  for (const d of droplets) if (d.id !== keep) await call("v1.inventory.destroyDroplet", { id: d.id });
+  if (!droplets.length) return null;
+  const kept = keep ?? Math.min(...droplets.map((d: { id: number }) => d.id));
+  for (const d of droplets) if (d.id !== kept) await call("v1.inventory.destroyDroplet", { id: d.id });
+  return kept;
 }
 
 async function waitDropletActive({ call, outputs, step, settings, heartbeat, sleep }: StepContext) {
@@ -86,7 +87,7 @@ async function waitDropletActive({ call, outputs, step, settings, heartbeat, sle
     try {
       const { droplet } = await call("v1.inventory.getDroplet", { id });
       if (droplet.status === "active" && droplet.ipv4) {
-        await destroyExtraDroplets(call, outputs.create_droplet.tag, id);
+        await settleTag(call, outputs.create_droplet.tag, id);
         return { status: droplet.status, ipv4: droplet.ipv4 };
       }
     } catch (err) {
