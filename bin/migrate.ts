@@ -1,13 +1,9 @@
 import { migrate } from "../lib/db";
-import { startEmbeddedPostgres } from "../lib/embedded-postgres";
+import { useEmbeddedPostgres } from "../lib/embedded-postgres";
 
 /** `npm run migrate`: applies the committed migrations to DATABASE_URL, or to the embedded database. */
 async function main() {
-  const embedded = process.env.DATABASE_URL ? null : await startEmbeddedPostgres();
-  if (embedded) {
-    process.env.DATABASE_URL = embedded.url;
-    process.env.DB_POOL_MAX = "1";
-  }
+  const embedded = process.env.DATABASE_URL ? null : await useEmbeddedPostgres();
   try {
     const applied = await migrate();
     console.log(applied.length ? `applied: ${applied.join(", ")}` : "database is up to date");

@@ -1,7 +1,7 @@
 import { ServiceBroker } from "moleculer";
 import { brokerConfig } from "../moleculer.config";
 import { migrate } from "../lib/db";
-import { startEmbeddedPostgres } from "../lib/embedded-postgres";
+import { useEmbeddedPostgres } from "../lib/embedded-postgres";
 import { selectServices } from "../services";
 import { startSimulator } from "../sim/simulator";
 import { replCommands, startRepl } from "../lib/repl-commands";
@@ -15,12 +15,7 @@ const DB_SERVICES = ["deployments", "subscriptions", "inventory", "dns", "provis
 async function main() {
   const services = selectServices();
   const needsDb = services.some((s) => DB_SERVICES.includes(s.name as string));
-  let embedded: Awaited<ReturnType<typeof startEmbeddedPostgres>> | null = null;
-  if (needsDb && !process.env.DATABASE_URL) {
-    embedded = await startEmbeddedPostgres();
-    process.env.DATABASE_URL = embedded.url;
-    process.env.DB_POOL_MAX = "1";
-  }
+  const embedded = needsDb && !process.env.DATABASE_URL ? await useEmbeddedPostgres() : null;
   if (needsDb) await migrate();
 
   // Without a real provider the embedded mode brings its own DigitalOcean simulator.

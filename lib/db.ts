@@ -7,6 +7,18 @@ import { migrationsList } from "../migrations";
 
 export type Orm = MikroORM;
 
+let embedded = false;
+
+/**
+ * Points this process at a database. The embedded one (PGlite) has one backend for every connection: one
+ * connection per pool keeps transactions from interleaving on it, and it needs no advisory lock.
+ */
+export function useDatabase(url: string, opts: { embedded: boolean }) {
+  process.env.DATABASE_URL = url;
+  if (opts.embedded) process.env.DB_POOL_MAX = "1";
+  embedded = opts.embedded;
+}
+
 export function databaseUrl(): string {
   const url = process.env.DATABASE_URL;
   if (!url) throw new Error("DATABASE_URL is not set (bin/start.ts sets it to the embedded database when absent)");
@@ -17,7 +29,6 @@ function baseConfig(entities: any[]) {
   return {
     entities,
     clientUrl: databaseUrl(),
-    // Embedded PGlite has one backend for every connection, so one connection keeps transactions from interleaving.
     pool: { min: 0, max: Number(process.env.DB_POOL_MAX ?? 10) },
     debug: false,
     allowGlobalContext: false,
@@ -29,7 +40,6 @@ function baseConfig(entities: any[]) {
 /** Applies the committed migrations once, serialised across nodes by an advisory lock. */
 export async function migrate(): Promise<string[]> {
   const lock = new Client({ connectionString: databaseUrl() });
-  const embedded = process.env.DB_POOL_MAX === "1";
   if (!embedded) {
     await lock.connect();
     await lock.query("select pg_advisory_lock(727274)");

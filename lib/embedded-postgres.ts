@@ -1,6 +1,7 @@
 import { mkdirSync } from "node:fs";
 import { PGlite } from "@electric-sql/pglite";
 import { PGLiteSocketServer } from "@electric-sql/pglite-socket";
+import { useDatabase } from "./db";
 
 /**
  * PostgreSQL for a machine with nothing installed: PGlite kept under ./.data (so a restart keeps the data),
@@ -21,4 +22,11 @@ export async function startEmbeddedPostgres(opts: { dataDir?: string; port?: num
       await db.close();
     },
   };
+}
+
+/** Starts the embedded database and points this process at it (see `useDatabase` for what that sets). */
+export async function useEmbeddedPostgres() {
+  const pg = await startEmbeddedPostgres();
+  useDatabase(pg.url, { embedded: true });
+  return pg;
 }
