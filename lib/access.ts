@@ -11,6 +11,9 @@ export interface User {
 
 export const OPERATOR_ROLE = "platform-admin";
 
+/** An action's context as the services type it: the caller on meta.user, the ORM fork on locals (lib/db). */
+export type ActionCtx<P> = Context<P, { user?: User; $statusCode?: number }, any>;
+
 export function makeUser(claims: { sub: string; tenant_id?: string | null; roles?: string[] }): User {
   const roles = Array.isArray(claims.roles) ? claims.roles.filter((r) => typeof r === "string") : [];
   // Exactly the hyphenated spelling arcadia-app issues; "platform_admin" grants nothing.

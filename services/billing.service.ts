@@ -1,9 +1,9 @@
-import type { Context, ServiceSchema } from "moleculer";
+import type { ServiceSchema } from "moleculer";
 import { Errors } from "moleculer";
-import { requireOperator, type User } from "../lib/access";
+import { requireOperator, type ActionCtx } from "../lib/access";
 import { dollarsToCents, type Balance } from "../lib/digitalocean";
 import { iso, type Page } from "../lib/dto";
-import { TRANSITIONS } from "../lib/lifecycle";
+import { DEPLOYMENT_STATES } from "../entities/deployment";
 import { doClientFrom, provider } from "../lib/provider";
 
 /**
@@ -13,7 +13,6 @@ import { doClientFrom, provider } from "../lib/provider";
  * with the operator's own identity, and from the provider's `GET /v2/customers/my/balance`.
  */
 
-const DEPLOYMENT_STATES = Object.keys(TRANSITIONS);
 export const MARGIN_SORTS = ["margin", "margin_pct", "revenue", "cost"] as const;
 export type MarginSort = (typeof MARGIN_SORTS)[number];
 
@@ -59,7 +58,6 @@ export interface MarginItem {
   resources: number;
   flags: string[];
 }
-type Ctx<P> = Context<P, { user?: User }, any>;
 
 const PAGE = 200;
 /** Cloud cost is USD at DigitalOcean; a deployment with neither revenue nor cost is shown in it. */
@@ -106,7 +104,7 @@ const BillingService: ServiceSchema<any> = {
 
   actions: {
     balance: {
-      async handler(this: any, ctx: Ctx<unknown>) {
+      async handler(this: any, ctx: ActionCtx<unknown>) {
         requireOperator(ctx);
         const [raw, subs] = await Promise.all([
           provider(() => this.doClient.getBalance() as Promise<Balance>),
@@ -146,7 +144,7 @@ const BillingService: ServiceSchema<any> = {
         sort: { type: "enum", values: MARGIN_SORTS, optional: true },
         order: { type: "enum", values: ["asc", "desc"], optional: true },
       },
-      async handler(this: any, ctx: Ctx<MarginParams>) {
+      async handler(this: any, ctx: ActionCtx<MarginParams>) {
         requireOperator(ctx);
         const p = ctx.params;
         const [deployments, resources, subs] = (await Promise.all([
@@ -236,7 +234,7 @@ const BillingService: ServiceSchema<any> = {
 
   methods: {
     /** Every page of a `{items, next_cursor}` list action, called as the current (operator) user. */
-    async drain(ctx: Ctx<unknown>, action: string, params: Record<string, unknown>): Promise<unknown[]> {
+    async drain(ctx: ActionCtx<unknown>, action: string, params: Record<string, unknown>): Promise<unknown[]> {
       const query = Object.fromEntries(Object.entries(params).filter(([, v]) => v !== undefined));
       const all: unknown[] = [];
       let cursor: string | null = null;
@@ -247,7 +245,7 @@ const BillingService: ServiceSchema<any> = {
       } while (cursor);
       return all;
     },
-    activeSubscriptions(ctx: Ctx<unknown>, tenantId: string | undefined): Promise<unknown[]> {
+    activeSubscriptions(ctx: ActionCtx<unknown>, tenantId: string | undefined): Promise<unknown[]> {
       return this.drain(ctx, "v1.subscriptions.listForRevenue", { tenant_id: tenantId, limit: 1000 });
     },
     /** By the chosen figure; a null margin_pct sorts last either way; ties by deployment id, then currency. */

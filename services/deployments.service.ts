@@ -1,11 +1,11 @@
 import { randomUUID } from "node:crypto";
 import { LockMode } from "@mikro-orm/core";
-import type { Context, ServiceSchema } from "moleculer";
+import type { ServiceSchema } from "moleculer";
 import type { EntityManager } from "@mikro-orm/postgresql";
 import { Errors } from "moleculer";
 import { Deployment, DeploymentEvent, DEPLOYMENT_STATES, LLM_MODES, type DeploymentState } from "../entities/deployment";
 import { DbMixin, emOf } from "../lib/db";
-import { currentUser, listTenant, systemUser, visibleTo, type User } from "../lib/access";
+import { currentUser, listTenant, systemUser, visibleTo, type ActionCtx } from "../lib/access";
 import { compensationHandler } from "../lib/compensation";
 import { conflict, invalid, invalidTransition, mapDbError, notFound } from "../lib/errors";
 import { canTransition } from "../lib/lifecycle";
@@ -44,7 +44,6 @@ export interface TransitionParams extends IdParams {
   /** Saga moves only: the user who asked for the provisioning, recorded as the event's actor. */
   actor?: string;
 }
-type Ctx<P> = Context<P, { user?: User; $statusCode?: number }, any>;
 
 export function deploymentDto(d: Deployment) {
   return {
@@ -103,7 +102,7 @@ const DeploymentsService: ServiceSchema<any> = {
         tenant_id: { type: "string", min: 1, max: 200, optional: true },
         provision: { type: "boolean", optional: true },
       },
-      async handler(this: any, ctx: Ctx<CreateParams>) {
+      async handler(this: any, ctx: ActionCtx<CreateParams>) {
         const user = currentUser(ctx);
         const p = ctx.params;
         const tenantId = user.operator ? (p.tenant_id ?? user.tenant_id) : user.tenant_id;
@@ -166,7 +165,7 @@ const DeploymentsService: ServiceSchema<any> = {
         cursor: { type: "string", max: 200, optional: true },
         tenant_id: { type: "string", min: 1, max: 200, optional: true },
       },
-      async handler(ctx: Ctx<ListParams>): Promise<Page<DeploymentDto>> {
+      async handler(ctx: ActionCtx<ListParams>): Promise<Page<DeploymentDto>> {
         const user = currentUser(ctx);
         const p = ctx.params;
         const limit = p.limit ?? 50;
@@ -190,7 +189,7 @@ const DeploymentsService: ServiceSchema<any> = {
 
     get: {
       params: { id: { type: "string" } },
-      async handler(this: any, ctx: Ctx<IdParams>) {
+      async handler(this: any, ctx: ActionCtx<IdParams>) {
         const user = currentUser(ctx);
         const id = ctx.params.id;
         if (!UUID.test(id)) throw notFound("Deployment", id);
@@ -209,7 +208,7 @@ const DeploymentsService: ServiceSchema<any> = {
     find: {
       visibility: "public",
       params: { id: { type: "string" } },
-      async handler(this: any, ctx: Ctx<IdParams>) {
+      async handler(this: any, ctx: ActionCtx<IdParams>) {
         return { deployment: deploymentDto(await this.findVisible(ctx, ctx.params.id)) };
       },
     },
@@ -221,7 +220,7 @@ const DeploymentsService: ServiceSchema<any> = {
         reason: { type: "string", min: 1, max: 200, optional: true },
         notes: { type: "string", max: 2000, optional: true, nullable: true },
       },
-      async handler(this: any, ctx: Ctx<TransitionParams>) {
+      async handler(this: any, ctx: ActionCtx<TransitionParams>) {
         return this.transition(ctx, ctx.params, false);
       },
     },
@@ -230,7 +229,7 @@ const DeploymentsService: ServiceSchema<any> = {
     markProvisioning: {
       visibility: "public",
       params: { id: { type: "string" } },
-      async handler(this: any, ctx: Ctx<IdParams>) {
+      async handler(this: any, ctx: ActionCtx<IdParams>) {
         const d = await this.findVisible(ctx, ctx.params.id);
         if (d.state !== "provisioning") throw new Errors.MoleculerError(`Deployment ${d.id} is ${d.state}, not provisioning`, 409, "NOT_PROVISIONING", { state: d.state });
         return { deployment: deploymentDto(d) };
@@ -241,7 +240,7 @@ const DeploymentsService: ServiceSchema<any> = {
     activateProvisioned: {
       visibility: "public",
       params: { id: { type: "string" }, actor: { type: "string", optional: true } },
-      async handler(this: any, ctx: Ctx<IdParams & { actor?: string }>) {
+      async handler(this: any, ctx: ActionCtx<IdParams & { actor?: string }>) {
         return this.transition(ctx, { id: ctx.params.id, to_state: "active", reason: "provisioned", actor: ctx.params.actor }, true);
       },
     },
@@ -251,7 +250,7 @@ const DeploymentsService: ServiceSchema<any> = {
   events: {
     /** Rollback of a provisioning saga: a deployment still provisioning ends cancelled. */
     "provisioning.compensate.deployments": compensationHandler(async function (this: any, req, ctx) {
-      const ectx = ctx as unknown as Ctx<unknown>;
+      const ectx = ctx as unknown as ActionCtx<unknown>;
       ectx.locals.em = this.orm.em.fork();
       (ectx.meta as any).user = systemUser("provisioning");
       const d = await emOf(ectx).findOne(Deployment, { id: req.deployment_id });
@@ -274,7 +273,7 @@ const DeploymentsService: ServiceSchema<any> = {
   },
 
   methods: {
-    async publish(ctx: Ctx<unknown>, name: string, payload: { deployment: DeploymentDto; event: ReturnType<typeof eventDto> }) {
+    async publish(ctx: ActionCtx<unknown>, name: string, payload: { deployment: DeploymentDto; event: ReturnType<typeof eventDto> }) {
       const e = payload.event;
       this.logger.info({ ...logFields(ctx), deployment_id: e.deployment_id, tenant_id: payload.deployment.tenant_id, from_state: e.from_state, to_state: e.to_state, actor: e.actor }, name);
       await ctx.emit(name, payload);
@@ -311,7 +310,7 @@ const DeploymentsService: ServiceSchema<any> = {
       return rows.map((r: any) => ({ ...r, template_version: r.template_version ?? null }) as DeploymentDto);
     },
 
-    async findVisible(ctx: Ctx<unknown>, id: string): Promise<Deployment> {
+    async findVisible(ctx: ActionCtx<unknown>, id: string): Promise<Deployment> {
       const user = currentUser(ctx);
       if (!UUID.test(id)) throw notFound("Deployment", id);
       const d = await emOf(ctx).findOne(Deployment, { id });
@@ -320,7 +319,7 @@ const DeploymentsService: ServiceSchema<any> = {
     },
 
     /** The state change and its event commit together under a row lock, so the event log stays a chain. */
-    async transition(ctx: Ctx<unknown>, p: TransitionParams, bySaga: boolean) {
+    async transition(ctx: ActionCtx<unknown>, p: TransitionParams, bySaga: boolean) {
       const user = currentUser(ctx);
       if (!UUID.test(p.id)) throw notFound("Deployment", p.id);
       let changed: { dto: DeploymentDto; event: ReturnType<typeof eventDto> } | null = null;
@@ -345,7 +344,7 @@ const DeploymentsService: ServiceSchema<any> = {
     },
 
     /** The provisioning saga's view of a deployment; null when provisioning is not part of this cluster. */
-    async sagaFor(ctx: Ctx<unknown>, deploymentId: string) {
+    async sagaFor(ctx: ActionCtx<unknown>, deploymentId: string) {
       try {
         return await ctx.call("v1.provisioning.forDeployment", { deployment_id: deploymentId });
       } catch (err) {
@@ -354,7 +353,7 @@ const DeploymentsService: ServiceSchema<any> = {
       }
     },
 
-    async startProvisioning(ctx: Ctx<unknown>, deployment: DeploymentDto) {
+    async startProvisioning(ctx: ActionCtx<unknown>, deployment: DeploymentDto) {
       return ctx.call("v1.provisioning.start", { deployment_id: deployment.id, tenant_id: deployment.tenant_id, slug: deployment.slug, region: deployment.region, requested_by: currentUser(ctx).sub });
     },
   },

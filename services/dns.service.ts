@@ -1,11 +1,10 @@
 import { createHash, randomUUID } from "node:crypto";
 import { LockMode } from "@mikro-orm/core";
-import type { Context, ServiceSchema } from "moleculer";
+import type { ServiceSchema } from "moleculer";
 import type { EntityManager } from "@mikro-orm/postgresql";
 import { DnsRecord } from "../entities/dns-record";
 import { DbMixin, emOf } from "../lib/db";
-import { currentUser, requireOperator, visibleTo, type User } from "../lib/access";
-import { systemUser } from "../lib/access";
+import { currentUser, requireOperator, systemUser, visibleTo, type ActionCtx } from "../lib/access";
 import { compensationHandler } from "../lib/compensation";
 import { conflict, invalid, mapDbError, notFound } from "../lib/errors";
 import { iso } from "../lib/dto";
@@ -53,7 +52,6 @@ export interface PointParams {
 export interface DeploymentRefParams {
   deployment_id: string;
 }
-type Ctx<P> = Context<P, { user?: User; $statusCode?: number }, any>;
 
 export function dnsRecordDto(r: DnsRecord) {
   return {
@@ -125,7 +123,7 @@ const DnsService: ServiceSchema<any> = {
         slug: { type: "string", pattern: SLUG, messages: { stringPattern: "'slug' must be a lowercase DNS label" } },
         ipv4: { type: "string", pattern: IPV4, messages: { stringPattern: "'ipv4' must be an IPv4 address" } },
       },
-      async handler(this: any, ctx: Ctx<PointParams>) {
+      async handler(this: any, ctx: ActionCtx<PointParams>) {
         const user = currentUser(ctx);
         const p = ctx.params;
         if (!visibleTo(user, p.tenant_id)) throw invalid("'tenant_id' must be your own tenant", [{ field: "tenant_id" }]);
@@ -141,7 +139,7 @@ const DnsService: ServiceSchema<any> = {
     revert: {
       visibility: "public",
       params: { deployment_id: UUID_PARAM },
-      async handler(this: any, ctx: Ctx<DeploymentRefParams>) {
+      async handler(this: any, ctx: ActionCtx<DeploymentRefParams>) {
         const user = currentUser(ctx);
         const row = await emOf(ctx).fork().findOne(DnsRecord, { deployment_id: ctx.params.deployment_id });
         if (row && !visibleTo(user, row.tenant_id)) throw notFound("DNS record of deployment", ctx.params.deployment_id);
@@ -153,7 +151,7 @@ const DnsService: ServiceSchema<any> = {
     get: {
       visibility: "public",
       params: { deployment_id: UUID_PARAM },
-      async handler(ctx: Ctx<DeploymentRefParams>) {
+      async handler(ctx: ActionCtx<DeploymentRefParams>) {
         const user = currentUser(ctx);
         const row = await emOf(ctx).findOne(DnsRecord, { deployment_id: ctx.params.deployment_id });
         if (!row || !visibleTo(user, row.tenant_id)) throw notFound("DNS record of deployment", ctx.params.deployment_id);
@@ -167,7 +165,7 @@ const DnsService: ServiceSchema<any> = {
      */
     listAll: {
       visibility: "public",
-      async handler(this: any, ctx: Ctx<Record<string, never>>) {
+      async handler(this: any, ctx: ActionCtx<Record<string, never>>) {
         requireOperator(ctx);
         const rows = await emOf(ctx).find(DnsRecord, {}, { orderBy: { inserted_at: "asc", id: "asc" } });
         return { domain: this.domain, items: rows.map(dnsRecordDto) };
@@ -204,7 +202,7 @@ const DnsService: ServiceSchema<any> = {
       return found.find((r) => recordId != null && r.id === Number(recordId)) ?? found[0];
     },
 
-    async point(ctx: Ctx<PointParams>, p: PointParams, name: string, fqdn: string) {
+    async point(ctx: ActionCtx<PointParams>, p: PointParams, name: string, fqdn: string) {
       const client: DigitalOceanClient = this.doClient;
       const em: EntityManager = emOf(ctx).fork();
       const [row, byName] = await Promise.all([
@@ -253,7 +251,7 @@ const DnsService: ServiceSchema<any> = {
       return { dns_record: dto, changed: true };
     },
 
-    async revert(ctx: Ctx<DeploymentRefParams>, deploymentId: string) {
+    async revert(ctx: ActionCtx<DeploymentRefParams>, deploymentId: string) {
       const client: DigitalOceanClient = this.doClient;
       const row = await emOf(ctx).fork().findOne(DnsRecord, { deployment_id: deploymentId });
       if (!row) return { dns_record: null, changed: false };
@@ -280,7 +278,7 @@ const DnsService: ServiceSchema<any> = {
      * One short transaction on the deployment's row (locked). A reverted row of another deployment holding the
      * same name is removed first, so a name freed by a revert can be pointed again.
      */
-    async write(ctx: Ctx<unknown>, deploymentId: string, fqdn: string, apply: (r: DnsRecord | null, em: EntityManager, now: Date) => DnsRecord): Promise<DnsRecord> {
+    async write(ctx: ActionCtx<unknown>, deploymentId: string, fqdn: string, apply: (r: DnsRecord | null, em: EntityManager, now: Date) => DnsRecord): Promise<DnsRecord> {
       try {
         return await emOf(ctx).fork().transactional(async (tx) => {
           const em = tx as EntityManager;

@@ -5,14 +5,14 @@ import type { EntityManager } from "@mikro-orm/postgresql";
 import { CloudResource, RESOURCE_KINDS, RESOURCE_PROVIDERS, RESOURCE_STATUSES, type ResourceStatus } from "../entities/cloud-resource";
 import { DriftAction } from "../entities/drift-action";
 import { DbMixin, emOf } from "../lib/db";
-import { currentUser, listTenant, requireOperator, systemUser, visibleTo } from "../lib/access";
+import { currentUser, listTenant, requireOperator, systemUser, visibleTo, type ActionCtx } from "../lib/access";
 import { conflict, invalid, mapDbError, notFound } from "../lib/errors";
 import { decodeCursor, encodeCursor } from "../lib/pagination";
 import type { Page } from "../lib/dto";
 import { doClientFrom, provider, SizeCache } from "../lib/provider";
 import type { CreateDropletInput, CreateDropletResult, Droplet } from "../lib/digitalocean";
 import { compensationHandler } from "../lib/compensation";
-import { dropletDto, resourceDto, UUID, UUID_PARAM, type Ctx, type ResourceDto } from "./inventory/common";
+import { dropletDto, resourceDto, UUID, UUID_PARAM, type ResourceDto } from "./inventory/common";
 import { DriftMixin } from "./inventory/drift";
 
 // Shared DTOs (services/inventory/common.ts) and the drift feature's exports (services/inventory/drift.ts), re-exported from here.
@@ -129,7 +129,7 @@ const InventoryService: ServiceSchema<any> = {
         deployment_id: { ...UUID_PARAM, optional: true, nullable: true },
         saga_id: { type: "string", min: 1, max: 200, optional: true, nullable: true },
       },
-      async handler(this: any, ctx: Ctx<RegisterParams>) {
+      async handler(this: any, ctx: ActionCtx<RegisterParams>) {
         const user = currentUser(ctx);
         const p = ctx.params;
         if (!visibleTo(user, p.tenant_id)) throw invalid("'tenant_id' must be your own tenant", [{ field: "tenant_id" }]);
@@ -159,7 +159,7 @@ const InventoryService: ServiceSchema<any> = {
     link: {
       visibility: "public",
       params: { ...REF_PARAMS, deployment_id: UUID_PARAM },
-      async handler(this: any, ctx: Ctx<LinkParams>) {
+      async handler(this: any, ctx: ActionCtx<LinkParams>) {
         return this.mutate(ctx, ctx.params, (r: CloudResource) => {
           if (r.deployment_id === ctx.params.deployment_id) return false;
           if (r.deployment_id) throw conflict(`Cloud resource ${r.id} is linked to deployment ${r.deployment_id}; unlink it first`, "ALREADY_LINKED", { id: r.id, deployment_id: r.deployment_id });
@@ -174,7 +174,7 @@ const InventoryService: ServiceSchema<any> = {
     unlink: {
       visibility: "public",
       params: { ...REF_PARAMS, deployment_id: { ...UUID_PARAM, optional: true } },
-      async handler(this: any, ctx: Ctx<UnlinkParams>) {
+      async handler(this: any, ctx: ActionCtx<UnlinkParams>) {
         return this.mutate(ctx, ctx.params, (r: CloudResource) => {
           if (!r.deployment_id) return false;
           if (ctx.params.deployment_id && r.deployment_id !== ctx.params.deployment_id) return false;
@@ -188,7 +188,7 @@ const InventoryService: ServiceSchema<any> = {
     markDestroyed: {
       visibility: "public",
       params: REF_PARAMS,
-      async handler(this: any, ctx: Ctx<ResourceRef>) {
+      async handler(this: any, ctx: ActionCtx<ResourceRef>) {
         return this.mutate(ctx, ctx.params, (r: CloudResource, now: Date) => {
           if (r.status === "destroyed" && r.destroyed_at) return false;
           r.status = "destroyed";
@@ -208,7 +208,7 @@ const InventoryService: ServiceSchema<any> = {
         limit: { type: "number", integer: true, min: 1, max: 200, convert: true, optional: true },
         cursor: { type: "string", max: 200, optional: true },
       },
-      async handler(ctx: Ctx<ListParams>): Promise<Page<ResourceDto>> {
+      async handler(ctx: ActionCtx<ListParams>): Promise<Page<ResourceDto>> {
         const user = currentUser(ctx);
         const p = ctx.params;
         const limit = p.limit ?? 50;
@@ -234,7 +234,7 @@ const InventoryService: ServiceSchema<any> = {
 
     get: {
       params: { id: { type: "string", optional: true }, external_id: REF_PARAMS.external_id, provider: REF_PARAMS.provider },
-      async handler(this: any, ctx: Ctx<ResourceRef>) {
+      async handler(this: any, ctx: ActionCtx<ResourceRef>) {
         const user = currentUser(ctx);
         const r = await this.findRef(emOf(ctx), ctx.params);
         if (!r || !visibleTo(user, r.tenant_id)) throw notFound("Cloud resource", ctx.params.id ?? ctx.params.external_id);
@@ -252,7 +252,7 @@ const InventoryService: ServiceSchema<any> = {
         image: { type: "string", min: 1, max: 200 },
         tags: { type: "array", items: "string", max: 50, optional: true },
       },
-      async handler(this: any, ctx: Ctx<CreateDropletInput>) {
+      async handler(this: any, ctx: ActionCtx<CreateDropletInput>) {
         requireOperator(ctx);
         // Never retried here: a create in doubt is settled by the caller looking the saga's tag up.
         const res = await provider(() => this.doClient.createDroplet(ctx.params) as Promise<CreateDropletResult>);
@@ -262,7 +262,7 @@ const InventoryService: ServiceSchema<any> = {
     getDroplet: {
       visibility: "public",
       params: { id: { type: "number", integer: true, convert: true } },
-      async handler(this: any, ctx: Ctx<{ id: number }>) {
+      async handler(this: any, ctx: ActionCtx<{ id: number }>) {
         requireOperator(ctx);
         return { droplet: dropletDto(await provider(() => this.doClient.getDroplet(ctx.params.id) as Promise<Droplet>)) };
       },
@@ -270,7 +270,7 @@ const InventoryService: ServiceSchema<any> = {
     dropletsByTag: {
       visibility: "public",
       params: { tag: { type: "string", min: 1, max: 255 } },
-      async handler(this: any, ctx: Ctx<{ tag: string }>) {
+      async handler(this: any, ctx: ActionCtx<{ tag: string }>) {
         requireOperator(ctx);
         const droplets: Droplet[] = await provider(() => this.doClient.listDropletsByTag(ctx.params.tag));
         return { droplets: droplets.map(dropletDto) };
@@ -279,7 +279,7 @@ const InventoryService: ServiceSchema<any> = {
     destroyDroplet: {
       visibility: "public",
       params: { id: { type: "number", integer: true, convert: true } },
-      async handler(this: any, ctx: Ctx<{ id: number }>) {
+      async handler(this: any, ctx: ActionCtx<{ id: number }>) {
         requireOperator(ctx);
         return { destroyed: await provider(() => this.doClient.deleteDroplet(ctx.params.id) as Promise<boolean>) };
       },
@@ -366,7 +366,7 @@ const InventoryService: ServiceSchema<any> = {
     },
 
     /** Loads the resource under a row lock, applies `change` (false: nothing to do; else the event to emit), commits. */
-    async mutate(ctx: Ctx<ResourceRef>, ref: ResourceRef, change: (r: CloudResource, now: Date) => string | false) {
+    async mutate(ctx: ActionCtx<ResourceRef>, ref: ResourceRef, change: (r: CloudResource, now: Date) => string | false) {
       const user = currentUser(ctx);
       let event: string | false = false;
       let row!: CloudResource;

@@ -1,7 +1,7 @@
-import type { Context, ServiceSchema } from "moleculer";
+import type { ServiceSchema } from "moleculer";
 import { Saga, SagaStep, CompensationRequest, type SagaStatus, type StepStatus } from "../entities/saga";
 import { DbMixin } from "../lib/db";
-import { currentUser, requireOperator, visibleTo, type User } from "../lib/access";
+import { currentUser, requireOperator, visibleTo, type ActionCtx } from "../lib/access";
 import { conflict, notFound } from "../lib/errors";
 import { SagaEngine, PermanentStepError, isTransient, sagaDto, type StepDef, type StepContext, type EngineSettings } from "./provisioning/engine";
 
@@ -118,7 +118,6 @@ function engineSettings(overrides: Partial<EngineSettings>, env = process.env): 
     ...overrides,
   };
 }
-type Ctx<P> = Context<P, { user?: User; $statusCode?: number }, any>;
 
 const ProvisioningService: ServiceSchema<any> = {
   name: "provisioning",
@@ -131,20 +130,20 @@ const ProvisioningService: ServiceSchema<any> = {
     start: {
       visibility: "public",
       params: { deployment_id: "uuid", tenant_id: "string", slug: "string", region: "string", requested_by: { type: "string", optional: true } },
-      async handler(this: any, ctx: Ctx<{ deployment_id: string; tenant_id: string; slug: string; region: string; requested_by?: string }>) {
+      async handler(this: any, ctx: ActionCtx<{ deployment_id: string; tenant_id: string; slug: string; region: string; requested_by?: string }>) {
         currentUser(ctx);
         return this.engine.create(ctx.params, ctx.requestID);
       },
     },
     get: {
       params: { id: "string" },
-      async handler(this: any, ctx: Ctx<{ id: string }>) {
+      async handler(this: any, ctx: ActionCtx<{ id: string }>) {
         return { saga: await this.visibleSaga(ctx, ctx.params.id) };
       },
     },
     retry: {
       params: { id: "string" },
-      async handler(this: any, ctx: Ctx<{ id: string }>) {
+      async handler(this: any, ctx: ActionCtx<{ id: string }>) {
         requireOperator(ctx);
         const saga = await this.visibleSaga(ctx, ctx.params.id);
         if (!(await this.engine.retry(saga.id))) throw conflict(`Saga ${saga.id} is ${saga.status}; only compensation_failed sagas can be retried`, "SAGA_NOT_RETRYABLE", { status: saga.status });
@@ -156,7 +155,7 @@ const ProvisioningService: ServiceSchema<any> = {
     list: {
       visibility: "public",
       params: { status: { type: "enum", values: ["running", "succeeded", "compensating", "compensated", "compensation_failed"], optional: true }, limit: { type: "number", integer: true, min: 1, max: 200, convert: true, optional: true } },
-      async handler(this: any, ctx: Ctx<{ status?: SagaStatus; limit?: number }>) {
+      async handler(this: any, ctx: ActionCtx<{ status?: SagaStatus; limit?: number }>) {
         requireOperator(ctx);
         return { items: await this.engine.list(ctx.params.status, ctx.params.limit ?? 50), next_cursor: null };
       },
@@ -164,7 +163,7 @@ const ProvisioningService: ServiceSchema<any> = {
     forDeployment: {
       visibility: "public",
       params: { deployment_id: "string" },
-      async handler(this: any, ctx: Ctx<{ deployment_id: string }>) {
+      async handler(this: any, ctx: ActionCtx<{ deployment_id: string }>) {
         const user = currentUser(ctx);
         const found = await this.engine.newestFor(ctx.params.deployment_id);
         return found && visibleTo(user, found.saga.tenant_id) ? sagaDto(found.saga, found.steps) : null;
@@ -173,7 +172,7 @@ const ProvisioningService: ServiceSchema<any> = {
     confirmCompensation: {
       visibility: "public",
       params: { request_id: "uuid", ok: "boolean", error: { type: "string", optional: true } },
-      async handler(this: any, ctx: Ctx<{ request_id: string; ok: boolean; error?: string }>) {
+      async handler(this: any, ctx: ActionCtx<{ request_id: string; ok: boolean; error?: string }>) {
         currentUser(ctx);
         return { accepted: await this.engine.confirm(ctx.params.request_id, ctx.params.ok, ctx.params.error) };
       },
@@ -181,7 +180,7 @@ const ProvisioningService: ServiceSchema<any> = {
   },
 
   methods: {
-    async visibleSaga(ctx: Ctx<unknown>, id: string) {
+    async visibleSaga(ctx: ActionCtx<unknown>, id: string) {
       const user = currentUser(ctx);
       if (!/^[0-9a-f-]{36}$/i.test(id)) throw notFound("Saga", id);
       const found = await this.engine.get(id);

@@ -1,11 +1,11 @@
 import { randomUUID } from "node:crypto";
 import { LockMode } from "@mikro-orm/core";
-import type { Context, ServiceSchema } from "moleculer";
+import type { ServiceSchema } from "moleculer";
 import type { EntityManager } from "@mikro-orm/postgresql";
 import { Addon, Plan, PlanVersion } from "../entities/catalog";
 import { Subscription, SubscriptionAddon, SubscriptionChange } from "../entities/subscription";
 import { DbMixin, emOf } from "../lib/db";
-import { currentUser, requireOperator, visibleTo, type User } from "../lib/access";
+import { currentUser, requireOperator, visibleTo, type ActionCtx } from "../lib/access";
 import { conflict, invalid, mapDbError, notFound } from "../lib/errors";
 import { iso, isoSql } from "../lib/dto";
 import type { DeploymentDto } from "./deployments.service";
@@ -53,7 +53,6 @@ export interface UpdateAddonParams {
   name?: string;
   unit_price_cents?: number;
 }
-type Ctx<P> = Context<P, { user?: User; $statusCode?: number }, any>;
 
 /** The current calendar month in UTC: [first day 00:00, first day of next month 00:00). */
 export function currentMonthUtc(now = new Date()): { start: Date; end: Date } {
@@ -71,7 +70,7 @@ const SubscriptionsService: ServiceSchema<any> = {
   actions: {
     // ---- catalog ----
     listPlans: {
-      async handler(this: any, ctx: Ctx<unknown>) {
+      async handler(this: any, ctx: ActionCtx<unknown>) {
         currentUser(ctx);
         const em = emOf(ctx);
         const [plans, versions] = await Promise.all([em.find(Plan, {}, { orderBy: { code: "asc" } }), em.find(PlanVersion, {}, { orderBy: { version: "asc" } })]);
@@ -79,7 +78,7 @@ const SubscriptionsService: ServiceSchema<any> = {
       },
     },
     listAddons: {
-      async handler(ctx: Ctx<unknown>) {
+      async handler(ctx: ActionCtx<unknown>) {
         currentUser(ctx);
         const addons = await emOf(ctx).find(Addon, {}, { orderBy: { code: "asc" } });
         return { items: addons.map(addonDto), next_cursor: null };
@@ -87,7 +86,7 @@ const SubscriptionsService: ServiceSchema<any> = {
     },
     createPlan: {
       params: { code: CODE, name: { type: "string", min: 1, max: 200 }, price_cents: CENTS, currency: { ...CURRENCY, optional: true } },
-      async handler(this: any, ctx: Ctx<CreatePlanParams>) {
+      async handler(this: any, ctx: ActionCtx<CreatePlanParams>) {
         requireOperator(ctx);
         const p = ctx.params;
         const now = new Date();
@@ -105,7 +104,7 @@ const SubscriptionsService: ServiceSchema<any> = {
     },
     createPlanVersion: {
       params: { code: { type: "string" }, price_cents: CENTS, currency: { ...CURRENCY, optional: true } },
-      async handler(ctx: Ctx<CreatePlanVersionParams>) {
+      async handler(ctx: ActionCtx<CreatePlanVersionParams>) {
         requireOperator(ctx);
         const p = ctx.params;
         try {
@@ -127,7 +126,7 @@ const SubscriptionsService: ServiceSchema<any> = {
     },
     createAddon: {
       params: { code: CODE, name: { type: "string", min: 1, max: 200 }, unit_price_cents: CENTS, currency: { ...CURRENCY, optional: true } },
-      async handler(ctx: Ctx<CreateAddonParams>) {
+      async handler(ctx: ActionCtx<CreateAddonParams>) {
         requireOperator(ctx);
         const p = ctx.params;
         const now = new Date();
@@ -143,7 +142,7 @@ const SubscriptionsService: ServiceSchema<any> = {
     },
     updateAddon: {
       params: { code: { type: "string" }, name: { type: "string", min: 1, max: 200, optional: true }, unit_price_cents: { ...CENTS, optional: true } },
-      async handler(ctx: Ctx<UpdateAddonParams>) {
+      async handler(ctx: ActionCtx<UpdateAddonParams>) {
         requireOperator(ctx);
         const p = ctx.params;
         if (p.name === undefined && p.unit_price_cents === undefined) throw invalid("Nothing to change: give 'name' and/or 'unit_price_cents'");
@@ -165,7 +164,7 @@ const SubscriptionsService: ServiceSchema<any> = {
         plan_code: { type: "string", min: 1, max: 64 },
         addons: { type: "array", optional: true, max: 50, items: { type: "object", strict: true, props: { code: { type: "string", min: 1, max: 64 }, qty: QTY } } },
       },
-      async handler(this: any, ctx: Ctx<SubscribeParams>) {
+      async handler(this: any, ctx: ActionCtx<SubscribeParams>) {
         const user = currentUser(ctx);
         const deployment = await this.deploymentFor(ctx, ctx.params.id);
         const p = ctx.params;
@@ -197,7 +196,7 @@ const SubscriptionsService: ServiceSchema<any> = {
     },
     attachAddon: {
       params: { id: { type: "string" }, code: { type: "string", min: 1, max: 64 }, qty: { ...QTY, optional: true } },
-      async handler(this: any, ctx: Ctx<AttachAddonParams>) {
+      async handler(this: any, ctx: ActionCtx<AttachAddonParams>) {
         await this.deploymentFor(ctx, ctx.params.id);
         const p = ctx.params;
         const em = emOf(ctx);
@@ -215,7 +214,7 @@ const SubscriptionsService: ServiceSchema<any> = {
     },
     changePlan: {
       params: { id: { type: "string" }, plan_code: { type: "string", min: 1, max: 64, optional: true }, version: { type: "number", integer: true, min: 1, optional: true } },
-      async handler(this: any, ctx: Ctx<ChangePlanParams>) {
+      async handler(this: any, ctx: ActionCtx<ChangePlanParams>) {
         const user = currentUser(ctx);
         await this.deploymentFor(ctx, ctx.params.id);
         const p = ctx.params;
@@ -241,7 +240,7 @@ const SubscriptionsService: ServiceSchema<any> = {
     forDeployment: {
       visibility: "public",
       params: { deployment_id: { type: "string" } },
-      async handler(this: any, ctx: Ctx<{ deployment_id: string }>) {
+      async handler(this: any, ctx: ActionCtx<{ deployment_id: string }>) {
         const user = currentUser(ctx);
         if (!UUID.test(ctx.params.deployment_id)) return null;
         const s = await this.readSubscription(emOf(ctx), "s.deployment_id = ?", [ctx.params.deployment_id]);
@@ -260,7 +259,7 @@ const SubscriptionsService: ServiceSchema<any> = {
         limit: { type: "number", integer: true, min: 1, max: 1000, convert: true, optional: true },
         cursor: { type: "uuid", optional: true },
       },
-      async handler(ctx: Ctx<{ tenant_id?: string; limit?: number; cursor?: string }>) {
+      async handler(ctx: ActionCtx<{ tenant_id?: string; limit?: number; cursor?: string }>) {
         requireOperator(ctx);
         const p = ctx.params;
         const limit = p.limit ?? 500;
@@ -303,7 +302,7 @@ const SubscriptionsService: ServiceSchema<any> = {
 
   methods: {
     /** Scoping goes through the deployments service: another tenant's deployment is a 404 here too. */
-    async deploymentFor(ctx: Ctx<unknown>, id: string): Promise<DeploymentDto> {
+    async deploymentFor(ctx: ActionCtx<unknown>, id: string): Promise<DeploymentDto> {
       const res = (await ctx.call("v1.deployments.find", { id })) as { deployment: DeploymentDto };
       return res.deployment;
     },

@@ -1,6 +1,4 @@
-import type { Context } from "moleculer";
 import type { CloudResource } from "../../entities/cloud-resource";
-import type { User } from "../../lib/access";
 import { iso } from "../../lib/dto";
 import { publicIPv4, type Droplet } from "../../lib/digitalocean";
 
@@ -11,7 +9,6 @@ import { publicIPv4, type Droplet } from "../../lib/digitalocean";
 
 export const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 export const UUID_PARAM = { type: "string", pattern: UUID.source, messages: { stringPattern: "'{field}' must be a UUID" } };
-export type Ctx<P> = Context<P, { user?: User; $statusCode?: number }, any>;
 
 /** A droplet as the saga needs it: id, status, public IPv4, placement and tags. */
 export function dropletDto(d: Droplet) {

@@ -6,12 +6,12 @@ import { Errors } from "moleculer";
 import { CloudResource, type ResourceStatus } from "../../entities/cloud-resource";
 import { DriftAction, DRIFT_ACTIONS, DRIFT_RESOURCES, type DriftActionName, type DriftActionResult, type DriftResource } from "../../entities/drift-action";
 import { emOf } from "../../lib/db";
-import { requireOperator, systemUser } from "../../lib/access";
+import { requireOperator, systemUser, type ActionCtx } from "../../lib/access";
 import { conflict, invalid, mapDbError } from "../../lib/errors";
 import { iso } from "../../lib/dto";
 import { provider, providerError } from "../../lib/provider";
 import { DigitalOceanError, monthlyCostCents, publicIPv4, type Droplet, type DomainRecord } from "../../lib/digitalocean";
-import { dropletDto, resourceDto, UUID_PARAM, type Ctx, type ResourceDto } from "./common";
+import { dropletDto, resourceDto, UUID_PARAM, type ResourceDto } from "./common";
 
 /*
  * Drift between the provider and our records (docs/drift.md): the `drift` report, the `driftAction` fixes
@@ -195,7 +195,7 @@ export const DriftMixin: Partial<ServiceSchema<any>> = {
   actions: {
     // ---- the provider against inventory and DNS (operators only) ----
     drift: {
-      async handler(this: any, ctx: Ctx<Record<string, never>>): Promise<DriftReport> {
+      async handler(this: any, ctx: ActionCtx<Record<string, never>>): Promise<DriftReport> {
         requireOperator(ctx);
         const report: DriftReport = await this.computeDrift((a: string, p: Record<string, unknown>, o?: Record<string, unknown>) => ctx.call(a, p, o), emOf(ctx));
         this.setDriftGauge(report);
@@ -213,7 +213,7 @@ export const DriftMixin: Partial<ServiceSchema<any>> = {
         tenant_id: { type: "string", min: 1, max: 200, optional: true },
         deployment_id: { ...UUID_PARAM, optional: true },
       },
-      async handler(this: any, ctx: Ctx<DriftActionParams>) {
+      async handler(this: any, ctx: ActionCtx<DriftActionParams>) {
         const user = requireOperator(ctx);
         const p = ctx.params;
         const target = this.driftTarget(p);
@@ -484,7 +484,7 @@ export const DriftMixin: Partial<ServiceSchema<any>> = {
       return { resource, external_id: ext, entry_id: p.entry_id ?? `${fixes}:${resource}:${ext}` };
     },
 
-    async applyDriftAction(ctx: Ctx<DriftActionParams>, call: CallFn, action: DriftActionName, target: DriftTarget, p: DriftActionParams): Promise<DriftOutcome> {
+    async applyDriftAction(ctx: ActionCtx<DriftActionParams>, call: CallFn, action: DriftActionName, target: DriftTarget, p: DriftActionParams): Promise<DriftOutcome> {
       const id = Number(target.external_id);
       if (target.resource === "dns_record") return this.destroyOrphanRecord(call, id);
       if (action === "adopt") return this.adoptDroplet(ctx, call, id, p.tenant_id!, p.deployment_id);
@@ -527,7 +527,7 @@ export const DriftMixin: Partial<ServiceSchema<any>> = {
       if (deployment.tenant_id !== tenantId) throw invalid(`Deployment ${deploymentId} belongs to tenant ${deployment.tenant_id}, not ${tenantId}`, [{ field: "deployment_id", type: "tenant_mismatch" }]);
     },
 
-    async adoptDroplet(ctx: Ctx<DriftActionParams>, call: CallFn, id: number, tenantId: string, deploymentId?: string): Promise<DriftOutcome> {
+    async adoptDroplet(ctx: ActionCtx<DriftActionParams>, call: CallFn, id: number, tenantId: string, deploymentId?: string): Promise<DriftOutcome> {
       const d: Droplet | null = await this.dropletOrNull(id);
       if (!d) throw notDrift("orphan", `Droplet ${id} does not exist at the provider: there is nothing to adopt`, { external_id: String(id) });
       const sagaId = sagaIdOf(d.tags);
@@ -568,7 +568,7 @@ export const DriftMixin: Partial<ServiceSchema<any>> = {
       return { resource: dto, tenant_id: tenantId, deployment_id: deploymentId ?? null, details: { droplet: snap, previous: before, saga_id: sagaId, saga_status: saga?.status ?? null } };
     },
 
-    async destroyOrphanDroplet(ctx: Ctx<DriftActionParams>, call: CallFn, id: number): Promise<DriftOutcome> {
+    async destroyOrphanDroplet(ctx: ActionCtx<DriftActionParams>, call: CallFn, id: number): Promise<DriftOutcome> {
       const d: Droplet | null = await this.dropletOrNull(id);
       if (!d) throw notDrift("orphan", `Droplet ${id} is already gone at the provider`, { external_id: String(id) });
       const row: CloudResource | null = await emOf(ctx).fork().findOne(CloudResource, { provider: "digitalocean", external_id: String(id) });
@@ -581,7 +581,7 @@ export const DriftMixin: Partial<ServiceSchema<any>> = {
       return { resource: row ? resourceDto(row) : null, tenant_id: row?.tenant_id ?? null, deployment_id: row?.deployment_id ?? null, details: { droplet: dropletDto(d), saga_id: sagaId, saga_status: saga?.status ?? null } };
     },
 
-    async markGhostDestroyed(ctx: Ctx<DriftActionParams>, id: number): Promise<DriftOutcome> {
+    async markGhostDestroyed(ctx: ActionCtx<DriftActionParams>, id: number): Promise<DriftOutcome> {
       const row: CloudResource | null = await emOf(ctx).fork().findOne(CloudResource, { provider: "digitalocean", external_id: String(id) });
       if (!row) throw notDrift("ghost", `Droplet ${id} has no inventory row: not a ghost`, { external_id: String(id) });
       if (row.status === "destroyed") throw notDrift("ghost", `Resource ${row.id} (droplet ${id}) is already marked destroyed: not a ghost`, { resource_id: row.id });
@@ -598,7 +598,7 @@ export const DriftMixin: Partial<ServiceSchema<any>> = {
       return { resource: res.resource, tenant_id: row.tenant_id, deployment_id: row.deployment_id ?? null, details: { previous: before } };
     },
 
-    async syncMismatch(ctx: Ctx<DriftActionParams>, id: number): Promise<DriftOutcome> {
+    async syncMismatch(ctx: ActionCtx<DriftActionParams>, id: number): Promise<DriftOutcome> {
       const row: CloudResource | null = await emOf(ctx).fork().findOne(CloudResource, { provider: "digitalocean", external_id: String(id) });
       if (!row || row.status === "destroyed")
         throw notDrift("mismatch", `Droplet ${id} has no live inventory row: not a mismatch${row ? "" : " (if it runs at the provider it is an orphan: adopt or destroy it)"}`, { external_id: String(id) });
@@ -641,7 +641,7 @@ export const DriftMixin: Partial<ServiceSchema<any>> = {
       return { resource: null, tenant_id: null, deployment_id: null, details: { record: recordDto(rec, domain), domain } };
     },
 
-    async recordDriftAction(ctx: Ctx<unknown>, fields: Omit<DriftAction, "id" | "created_at">): Promise<DriftActionDto> {
+    async recordDriftAction(ctx: ActionCtx<unknown>, fields: Omit<DriftAction, "id" | "created_at">): Promise<DriftActionDto> {
       const em = emOf(ctx).fork();
       const row = em.create(DriftAction, { id: randomUUID(), ...fields, created_at: new Date() } as any);
       await em.flush();
