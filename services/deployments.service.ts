@@ -190,11 +190,8 @@ const DeploymentsService: ServiceSchema<any> = {
     get: {
       params: { id: { type: "string" } },
       async handler(this: any, ctx: ActionCtx<IdParams>) {
-        const user = currentUser(ctx);
         const id = ctx.params.id;
-        if (!UUID.test(id)) throw notFound("Deployment", id);
-        const [deployment] = await this.readDeployments(emOf(ctx), "where id = ?", [id]);
-        if (!deployment || !visibleTo(user, deployment.tenant_id)) throw notFound("Deployment", id);
+        const deployment = await this.findVisible(ctx, id);
         const [events, subscription, saga] = await Promise.all([
           emOf(ctx).getConnection().execute(`select id, deployment_id, from_state, to_state, reason, actor, notes, ${isoSql("occurred_at")} as occurred_at from deployment_events where deployment_id = ? order by id`, [id]),
           ctx.call("v1.subscriptions.forDeployment", { deployment_id: id }),
@@ -209,7 +206,7 @@ const DeploymentsService: ServiceSchema<any> = {
       visibility: "public",
       params: { id: { type: "string" } },
       async handler(this: any, ctx: ActionCtx<IdParams>) {
-        return { deployment: deploymentDto(await this.findVisible(ctx, ctx.params.id)) };
+        return { deployment: await this.findVisible(ctx, ctx.params.id) };
       },
     },
 
@@ -232,7 +229,7 @@ const DeploymentsService: ServiceSchema<any> = {
       async handler(this: any, ctx: ActionCtx<IdParams>) {
         const d = await this.findVisible(ctx, ctx.params.id);
         if (d.state !== "provisioning") throw new Errors.MoleculerError(`Deployment ${d.id} is ${d.state}, not provisioning`, 409, "NOT_PROVISIONING", { state: d.state });
-        return { deployment: deploymentDto(d) };
+        return { deployment: d };
       },
     },
 
@@ -310,10 +307,11 @@ const DeploymentsService: ServiceSchema<any> = {
       return rows.map((r: any) => ({ ...r, template_version: r.template_version ?? null }) as DeploymentDto);
     },
 
-    async findVisible(ctx: ActionCtx<unknown>, id: string): Promise<Deployment> {
+    /** The deployment if the caller may see it; 404 when it is absent or another tenant's. */
+    async findVisible(ctx: ActionCtx<unknown>, id: string): Promise<DeploymentDto> {
       const user = currentUser(ctx);
       if (!UUID.test(id)) throw notFound("Deployment", id);
-      const d = await emOf(ctx).findOne(Deployment, { id });
+      const [d] = await this.readDeployments(emOf(ctx), "where id = ?", [id]);
       if (!d || !visibleTo(user, d.tenant_id)) throw notFound("Deployment", id);
       return d;
     },
