@@ -152,10 +152,7 @@ export class SagaEngine {
   }
 
   async get(id: string): Promise<{ saga: Saga; steps: SagaStep[] } | null> {
-    const em = this.em();
-    const saga = await em.findOne(Saga, { id });
-    if (!saga) return null;
-    return { saga, steps: await em.find(SagaStep, { saga_id: id }, { orderBy: { idx: "asc" } }) };
+    return this.findWithSteps({ id });
   }
 
   async list(status: SagaStatus | undefined, limit: number): Promise<SagaDto[]> {
@@ -166,8 +163,15 @@ export class SagaEngine {
   }
 
   async newestFor(deploymentId: string) {
-    const saga = await this.em().findOne(Saga, { deployment_id: deploymentId }, { orderBy: { started_at: "desc" } });
-    return saga ? this.get(saga.id) : null;
+    return this.findWithSteps({ deployment_id: deploymentId });
+  }
+
+  /** One saga (the newest matching) and its steps in order: two queries, on the GET /deployments/:id path too. */
+  private async findWithSteps(where: { id: string } | { deployment_id: string }): Promise<{ saga: Saga; steps: SagaStep[] } | null> {
+    const em = this.em();
+    const saga = await em.findOne(Saga, where, { orderBy: { started_at: "desc" } });
+    if (!saga) return null;
+    return { saga, steps: await em.find(SagaStep, { saga_id: saga.id }, { orderBy: { idx: "asc" } }) };
   }
 
   /** Claims sagas whose owner has gone (lease expired) and drives them here. */
