@@ -21,6 +21,8 @@ export const PlanVersion = defineEntity({
     version: p.integer(),
     price_cents: p.integer(),
     currency: p.string(),
+    /** The DigitalOcean size slug a deployment on this version runs on (a size change is a new version too). */
+    droplet_size: p.string(),
     inserted_at: p.datetime(3),
   },
 });
@@ -39,3 +41,31 @@ export const Addon = defineEntity({
   },
 });
 export type Addon = InferEntity<typeof Addon>;
+
+/** A template names what a deployment runs: its versions say which image boots and which cloud-init installs it. */
+export const Template = defineEntity({
+  name: "Template",
+  tableName: "templates",
+  properties: {
+    code: p.string().primary(),
+    name: p.string(),
+    inserted_at: p.datetime(3),
+  },
+});
+export type Template = InferEntity<typeof Template>;
+
+/** Immutable like plan versions: a deployment names (or is resolved to) one version, and that never changes under it. */
+export const TemplateVersion = defineEntity({
+  name: "TemplateVersion",
+  tableName: "template_versions",
+  properties: {
+    id: p.uuid().primary(),
+    template_code: p.string(),
+    version: p.integer(),
+    image: p.string(),
+    /** cloud-init with {{slug}}, {{hostname}}, {{llm_mode}} and {{tenant_id}} filled in at provisioning. */
+    user_data: p.text().nullable(),
+    inserted_at: p.datetime(3),
+  },
+});
+export type TemplateVersion = InferEntity<typeof TemplateVersion>;

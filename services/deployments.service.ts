@@ -12,6 +12,8 @@ import { canTransition } from "../lib/lifecycle";
 import { decodeCursor, encodeCursor } from "../lib/pagination";
 import { iso, isoSql, type Page } from "../lib/dto";
 import { logFields } from "../lib/log-context";
+import { checkCreate, provisionInput } from "./deployments/provision-input";
+import { TEMPLATE_VERSION } from "./subscriptions/catalog";
 
 const SLUG = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$";
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
@@ -24,9 +26,12 @@ export interface CreateParams {
   llm_mode?: (typeof LLM_MODES)[number];
   billing_action_suspended?: boolean;
   template_code?: string;
-  template_version?: string | null;
+  template_version?: string | number | null;
   tenant_id?: string;
   provision?: boolean;
+  /** Subscribe in the same request (SPEC §3); the answer then includes `subscription`. */
+  plan_code?: string;
+  addons?: { code: string; qty: number }[];
 }
 export interface ListParams {
   state?: DeploymentState;
@@ -98,9 +103,11 @@ const DeploymentsService: ServiceSchema<any> = {
         llm_mode: { type: "enum", values: LLM_MODES, optional: true },
         billing_action_suspended: { type: "boolean", optional: true },
         template_code: { type: "string", min: 1, max: 100, optional: true },
-        template_version: { type: "string", min: 1, max: 100, optional: true, nullable: true },
+        template_version: TEMPLATE_VERSION,
         tenant_id: { type: "string", min: 1, max: 200, optional: true },
         provision: { type: "boolean", optional: true },
+        plan_code: { type: "string", min: 1, max: 64, optional: true },
+        addons: { type: "array", optional: true, max: 50, items: { type: "object", strict: true, props: { code: { type: "string", min: 1, max: 64 }, qty: { type: "number", integer: true, min: 1, max: 100_000 } } } },
       },
       async handler(this: any, ctx: ActionCtx<CreateParams>) {
         const user = currentUser(ctx);
@@ -109,6 +116,10 @@ const DeploymentsService: ServiceSchema<any> = {
         if (!tenantId) throw invalid("'tenant_id' is required for a token without a tenant", [{ field: "tenant_id", type: "required" }]);
         if (!user.operator && p.tenant_id && p.tenant_id !== user.tenant_id) throw invalid("'tenant_id' must be your own tenant", [{ field: "tenant_id" }]);
         if (p.provision && p.state) throw invalid("'state' cannot be combined with 'provision: true' (it starts in provisioning)", [{ field: "state" }]);
+        const region = p.region ?? this.settings.defaultRegion;
+        const templateCode = p.template_code ?? this.settings.defaultTemplate;
+        // Catalog and region first: a create that names something that does not exist writes and starts nothing.
+        await checkCreate(ctx, { region, template_code: templateCode, template_version: p.template_version, plan_code: p.plan_code, addons: p.addons, tenant_id: tenantId, provision: p.provision });
 
         const now = new Date();
         const state: DeploymentState = p.provision ? "provisioning" : (p.state ?? "active");
@@ -121,13 +132,13 @@ const DeploymentsService: ServiceSchema<any> = {
               tenant_id: tenantId,
               slug: p.slug,
               display_name: p.display_name ?? p.slug,
-              region: p.region ?? this.settings.defaultRegion,
+              region,
               state,
               state_since: now,
               llm_mode: p.llm_mode ?? "shared",
               billing_action_suspended: p.billing_action_suspended ?? false,
-              template_code: p.template_code ?? this.settings.defaultTemplate,
-              template_version: p.template_version ?? null,
+              template_code: templateCode,
+              template_version: p.template_version == null ? null : String(p.template_version),
               inserted_at: now,
               updated_at: now,
             } as any);
@@ -139,11 +150,12 @@ const DeploymentsService: ServiceSchema<any> = {
           mapDbError(err, () => conflict(`Slug '${p.slug}' is already used by this tenant`, "SLUG_TAKEN", { slug: p.slug }));
         }
         const dto = deploymentDto(deployment);
+        const subscribed = p.plan_code ? { subscription: await this.subscribeCreated(ctx, dto, p) } : {};
         await this.publish(ctx, "deployments.created", { deployment: dto, event: eventDto(event) });
 
         if (!p.provision) {
           ctx.meta.$statusCode = 201;
-          return { deployment: dto };
+          return { deployment: dto, ...subscribed };
         }
         let saga;
         try {
@@ -151,10 +163,11 @@ const DeploymentsService: ServiceSchema<any> = {
         } catch (err) {
           // No saga owns it: do not leave the deployment stuck in provisioning.
           await this.transition(ctx, { id: dto.id, to_state: "cancelled", reason: "provisioning_unavailable", notes: (err as Error).message }, true);
+          if ((err as any)?.code === 422) throw err;
           throw new Errors.MoleculerError(`Provisioning could not start: ${(err as Error).message}`, 503, "PROVISIONING_UNAVAILABLE", { deployment_id: dto.id });
         }
         ctx.meta.$statusCode = 202;
-        return { deployment: dto, saga };
+        return { deployment: dto, saga, ...subscribed };
       },
     },
 
@@ -352,7 +365,24 @@ const DeploymentsService: ServiceSchema<any> = {
     },
 
     async startProvisioning(ctx: ActionCtx<unknown>, deployment: DeploymentDto) {
-      return ctx.call("v1.provisioning.start", { deployment_id: deployment.id, tenant_id: deployment.tenant_id, slug: deployment.slug, region: deployment.region, requested_by: currentUser(ctx).sub });
+      const input = await provisionInput(ctx, deployment);
+      return ctx.call("v1.provisioning.start", { id: randomUUID(), kind: "provision", deployment_id: deployment.id, tenant_id: deployment.tenant_id, input, requested_by: input.requested_by });
+    },
+
+    /**
+     * The subscribe half of a create with plan_code. The deployment has committed but nothing about it is
+     * published yet: if subscribing fails, the deployment (and its created event) is removed, so a failed
+     * create leaves nothing behind.
+     */
+    async subscribeCreated(ctx: ActionCtx<unknown>, d: DeploymentDto, p: CreateParams) {
+      try {
+        const res = (await ctx.call("v1.subscriptions.subscribe", { id: d.id, plan_code: p.plan_code, addons: p.addons })) as { subscription: unknown };
+        return res.subscription;
+      } catch (err) {
+        await emOf(ctx).getConnection().execute("delete from deployments where id = ?", [d.id])
+          .catch((e: Error) => this.logger.error({ ...logFields(ctx), deployment_id: d.id, err: e.message }, "could not remove the deployment of a failed create"));
+        throw err;
+      }
     },
   },
 };

@@ -148,6 +148,17 @@ const DnsService: ServiceSchema<any> = {
       },
     },
 
+    /** A deployment's DNS name before it is pointed: cloud-init's {{hostname}} (services/deployments/provision-input.ts). */
+    nameFor: {
+      visibility: "public",
+      access: "internal",
+      params: { slug: { type: "string", pattern: SLUG, messages: { stringPattern: "'slug' must be a lowercase DNS label" } }, tenant_id: { type: "string", min: 1, max: 200 } },
+      handler(this: any, ctx: ActionCtx<{ slug: string; tenant_id: string }>) {
+        currentUser(ctx);
+        return { fqdn: dnsName(ctx.params.slug, ctx.params.tenant_id, this.domain).fqdn };
+      },
+    },
+
     get: {
       visibility: "public",
       params: { deployment_id: UUID_PARAM },

@@ -2,19 +2,21 @@ import { randomUUID } from "node:crypto";
 import { LockMode } from "@mikro-orm/core";
 import type { ServiceSchema } from "moleculer";
 import type { EntityManager } from "@mikro-orm/postgresql";
-import { Addon, Plan, PlanVersion } from "../entities/catalog";
+import { Addon, Plan, PlanVersion, Template, TemplateVersion } from "../entities/catalog";
 import { Subscription, SubscriptionAddon, SubscriptionChange } from "../entities/subscription";
 import { DbMixin, emOf } from "../lib/db";
 import { currentUser, requireOperator, visibleTo, type ActionCtx } from "../lib/access";
 import { conflict, invalid, mapDbError, notFound } from "../lib/errors";
 import { iso, isoSql } from "../lib/dto";
 import type { DeploymentDto } from "./deployments.service";
+import { CatalogMixin, DEFAULT_SIZE, checkSize } from "./subscriptions/catalog";
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 const CODE = { type: "string", pattern: "^[a-z0-9][a-z0-9_-]{0,62}$", messages: { stringPattern: "'{field}' must be a lowercase code (a-z, 0-9, '_', '-')" } };
 const CENTS = { type: "number", integer: true, min: 0, max: 100_000_000 };
 const CURRENCY = { type: "string", pattern: "^[A-Z]{3}$", messages: { stringPattern: "'currency' must be an ISO 4217 code such as USD" } };
 const QTY = { type: "number", integer: true, min: 1, max: 100_000 };
+const SIZE = { type: "string", pattern: "^[a-z0-9][a-z0-9-]{0,63}$", optional: true, messages: { stringPattern: "'droplet_size' must be a DigitalOcean size slug such as s-2vcpu-4gb" } };
 
 export interface SubscribeParams {
   id: string;
@@ -36,11 +38,13 @@ export interface CreatePlanParams {
   name: string;
   price_cents: number;
   currency?: string;
+  droplet_size?: string;
 }
 export interface CreatePlanVersionParams {
   code: string;
-  price_cents: number;
+  price_cents?: number;
   currency?: string;
+  droplet_size?: string;
 }
 export interface CreateAddonParams {
   code: string;
@@ -59,13 +63,13 @@ export function currentMonthUtc(now = new Date()): { start: Date; end: Date } {
   return { start: new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth(), 1)), end: new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth() + 1, 1)) };
 }
 
-const planVersionDto = (v: PlanVersion) => ({ id: v.id, plan_code: v.plan_code, version: v.version, price_cents: v.price_cents, currency: v.currency, inserted_at: iso(v.inserted_at) });
+const planVersionDto = (v: PlanVersion) => ({ id: v.id, plan_code: v.plan_code, version: v.version, price_cents: v.price_cents, currency: v.currency, droplet_size: v.droplet_size, inserted_at: iso(v.inserted_at) });
 const addonDto = (a: Addon) => ({ code: a.code, name: a.name, unit_price_cents: a.unit_price_cents, currency: a.currency, updated_at: iso(a.updated_at) });
 
 const SubscriptionsService: ServiceSchema<any> = {
   name: "subscriptions",
   version: 1,
-  mixins: [DbMixin([Plan, PlanVersion, Addon, Subscription, SubscriptionAddon, SubscriptionChange])],
+  mixins: [DbMixin([Plan, PlanVersion, Addon, Subscription, SubscriptionAddon, SubscriptionChange, Template, TemplateVersion]), CatalogMixin],
 
   actions: {
     // ---- catalog ----
@@ -85,14 +89,15 @@ const SubscriptionsService: ServiceSchema<any> = {
       },
     },
     createPlan: {
-      params: { code: CODE, name: { type: "string", min: 1, max: 200 }, price_cents: CENTS, currency: { ...CURRENCY, optional: true } },
+      params: { code: CODE, name: { type: "string", min: 1, max: 200 }, price_cents: CENTS, currency: { ...CURRENCY, optional: true }, droplet_size: SIZE },
       async handler(this: any, ctx: ActionCtx<CreatePlanParams>) {
         requireOperator(ctx);
         const p = ctx.params;
+        if (p.droplet_size !== undefined) await checkSize(ctx, p.droplet_size);
         const now = new Date();
         const em = emOf(ctx);
         const plan = em.create(Plan, { code: p.code, name: p.name, inserted_at: now });
-        const version = em.create(PlanVersion, { id: randomUUID(), plan_code: p.code, version: 1, price_cents: p.price_cents, currency: p.currency ?? "USD", inserted_at: now });
+        const version = em.create(PlanVersion, { id: randomUUID(), plan_code: p.code, version: 1, price_cents: p.price_cents, currency: p.currency ?? "USD", droplet_size: p.droplet_size ?? DEFAULT_SIZE(), inserted_at: now });
         try {
           await em.flush();
         } catch (err) {
@@ -103,17 +108,24 @@ const SubscriptionsService: ServiceSchema<any> = {
       },
     },
     createPlanVersion: {
-      params: { code: { type: "string" }, price_cents: CENTS, currency: { ...CURRENCY, optional: true } },
+      params: { code: { type: "string" }, price_cents: { ...CENTS, optional: true }, currency: { ...CURRENCY, optional: true }, droplet_size: SIZE },
       async handler(ctx: ActionCtx<CreatePlanVersionParams>) {
         requireOperator(ctx);
         const p = ctx.params;
+        if (p.price_cents === undefined && p.droplet_size === undefined && p.currency === undefined) throw invalid("Nothing to change: give 'price_cents' and/or 'droplet_size'");
+        // Checked before the lock is taken: the provider's size list is a call to another service.
+        if (p.droplet_size !== undefined) await checkSize(ctx, p.droplet_size);
         try {
           const version = await emOf(ctx).transactional(async (em) => {
             // Lock the plan so two concurrent price changes get versions n+1 and n+2, not a unique violation.
             const plan = await em.findOne(Plan, { code: p.code }, { lockMode: LockMode.PESSIMISTIC_WRITE });
             if (!plan) throw notFound("Plan", p.code);
             const latest = await em.findOne(PlanVersion, { plan_code: p.code }, { orderBy: { version: "desc" } });
-            const v = em.create(PlanVersion, { id: randomUUID(), plan_code: p.code, version: (latest?.version ?? 0) + 1, price_cents: p.price_cents, currency: p.currency ?? latest?.currency ?? "USD", inserted_at: new Date() });
+            // What the body leaves out is carried over from the newest version.
+            const v = em.create(PlanVersion, {
+              id: randomUUID(), plan_code: p.code, version: (latest?.version ?? 0) + 1, price_cents: p.price_cents ?? latest!.price_cents, currency: p.currency ?? latest?.currency ?? "USD",
+              droplet_size: p.droplet_size ?? latest?.droplet_size ?? DEFAULT_SIZE(), inserted_at: new Date(),
+            });
             await em.flush();
             return v;
           });
@@ -336,7 +348,7 @@ const SubscriptionsService: ServiceSchema<any> = {
     async readSubscription(em: EntityManager, where: string, args: unknown[]) {
       const [r] = await em.getConnection().execute(
         `select s.id, s.deployment_id, s.tenant_id, s.status, s.plan_code,
-           json_build_object('id', v.id, 'plan_code', v.plan_code, 'version', v.version, 'price_cents', v.price_cents, 'currency', v.currency, 'inserted_at', ${isoSql("v.inserted_at")}) as plan_version,
+           json_build_object('id', v.id, 'plan_code', v.plan_code, 'version', v.version, 'price_cents', v.price_cents, 'currency', v.currency, 'droplet_size', v.droplet_size, 'inserted_at', ${isoSql("v.inserted_at")}) as plan_version,
            ${isoSql("s.current_period_start")} as current_period_start, ${isoSql("s.current_period_end")} as current_period_end, ${isoSql("s.trial_ends_at")} as trial_ends_at,
            (select coalesce(json_agg(json_build_object('code', a.addon_code, 'unit_price_cents', a.unit_price_cents, 'currency', a.currency, 'qty', a.qty, 'attached_at', ${isoSql("a.attached_at")})
                     order by a.attached_at, a.addon_code), '[]') from subscription_addons a where a.subscription_id = s.id) as addons,
