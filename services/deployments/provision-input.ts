@@ -1,5 +1,5 @@
 import { Errors } from "moleculer";
-import { currentUser, systemUser, type ActionCtx } from "../../lib/access";
+import { callAsSystem, currentUser, type ActionCtx } from "../../lib/access";
 import { invalid } from "../../lib/errors";
 import type { DropletSpec, DropletSpecParams, ValidateCreateParams, ValidateCreateResult } from "../subscriptions/catalog";
 
@@ -28,8 +28,9 @@ interface Region {
   sizes: string[];
 }
 
-// Regions and sizes are public facts about the provider: asked as the system user, whoever creates.
-const AS_SYSTEM = { meta: { user: systemUser("deployments") } };
+// The deployments service has checked who the caller is; the catalog, DNS and provider facts it needs are
+// internal actions, asked as the system user.
+const ask = <T>(ctx: ActionCtx<unknown>, action: string, params: object = {}) => callAsSystem<T>(ctx, "deployments", action, params);
 
 /**
  * The region must be one the provider lists, `available`, and offering the size the droplet will have; else
@@ -39,7 +40,7 @@ const AS_SYSTEM = { meta: { user: systemUser("deployments") } };
 export async function checkRegion(ctx: ActionCtx<unknown>, region: string, size: string, required = true): Promise<void> {
   let regions: Region[];
   try {
-    ({ regions } = (await ctx.call("v1.inventory.regions", {}, AS_SYSTEM)) as { regions: Region[] });
+    ({ regions } = await ask<{ regions: Region[] }>(ctx, "v1.inventory.regions"));
   } catch (err) {
     if (!required && err instanceof Errors.ServiceNotFoundError) return;
     throw err;
@@ -67,7 +68,7 @@ export interface CreateCheck {
 export async function checkCreate(ctx: ActionCtx<unknown>, p: CreateCheck): Promise<ValidateCreateResult> {
   const params: ValidateCreateParams = { template_code: p.template_code, template_version: p.template_version ?? null, plan_code: p.plan_code, addons: p.addons };
   if (p.provision) params.tenant_id = p.tenant_id;
-  const checked = (await ctx.call("v1.subscriptions.validateCreate", params)) as ValidateCreateResult;
+  const checked = await ask<ValidateCreateResult>(ctx, "v1.subscriptions.validateCreate", params);
   await checkRegion(ctx, p.region, checked.size, !!p.provision);
   return checked;
 }
@@ -89,11 +90,11 @@ interface DeploymentLike {
  */
 export async function provisionInput(ctx: ActionCtx<unknown>, d: DeploymentLike, targetState: "active" | "trial" = "active"): Promise<ProvisionInput> {
   const user = currentUser(ctx);
-  const { fqdn } = (await ctx.call("v1.dns.nameFor", { slug: d.slug, tenant_id: d.tenant_id })) as { fqdn: string };
+  const { fqdn } = await ask<{ fqdn: string }>(ctx, "v1.dns.nameFor", { slug: d.slug, tenant_id: d.tenant_id });
   const params: DropletSpecParams = {
     deployment_id: d.id, slug: d.slug, tenant_id: d.tenant_id, llm_mode: d.llm_mode, hostname: fqdn, template_code: d.template_code, template_version: d.template_version,
   };
-  const spec = (await ctx.call("v1.subscriptions.dropletSpec", params)) as DropletSpec;
+  const spec = await ask<DropletSpec>(ctx, "v1.subscriptions.dropletSpec", params);
   await checkRegion(ctx, d.region, spec.size);
   return {
     slug: d.slug, region: d.region, size: spec.size, image: spec.image, user_data: spec.user_data,

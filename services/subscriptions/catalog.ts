@@ -5,7 +5,7 @@ import type { EntityManager } from "@mikro-orm/postgresql";
 import { Addon, PlanVersion, Template, TemplateVersion } from "../../entities/catalog";
 import { Subscription } from "../../entities/subscription";
 import { emOf } from "../../lib/db";
-import { currentUser, requireOperator, systemUser, visibleTo, type ActionCtx } from "../../lib/access";
+import { callAsSystem, currentUser, visibleTo, type ActionCtx } from "../../lib/access";
 import { conflict, invalid, mapDbError, notFound } from "../../lib/errors";
 import { iso } from "../../lib/dto";
 import { LLM_MODES } from "../../entities/deployment";
@@ -111,7 +111,7 @@ export async function resolveTemplate(em: EntityManager, code: string, version: 
 
 /** A size slug the provider offers (through inventory's cached size list), else 422 naming `droplet_size`. */
 export async function checkSize(ctx: ActionCtx<unknown>, slug: string): Promise<void> {
-  const { sizes } = (await ctx.call("v1.inventory.sizes", {}, { meta: { user: systemUser("subscriptions") } })) as { sizes: { slug: string; available?: boolean }[] };
+  const { sizes } = await callAsSystem<{ sizes: { slug: string; available?: boolean }[] }>(ctx, "subscriptions", "v1.inventory.sizes");
   const size = sizes.find((s) => s.slug === slug);
   if (!size || size.available === false) throw invalid(`The provider offers no size '${slug}'`, [{ field: "droplet_size", actual: slug }]);
 }
@@ -131,7 +131,6 @@ export const CatalogMixin: Partial<ServiceSchema> = {
       access: "operator",
       params: { code: CODE, name: { type: "string", min: 1, max: 200, optional: true }, image: IMAGE, user_data: USER_DATA },
       async handler(ctx: ActionCtx<CreateTemplateParams>) {
-        requireOperator(ctx);
         const p = ctx.params;
         checkUserData(p.user_data);
         const now = new Date();
@@ -152,7 +151,6 @@ export const CatalogMixin: Partial<ServiceSchema> = {
       access: "operator",
       params: { code: { type: "string", min: 1, max: 64 }, image: { ...IMAGE, optional: true }, user_data: USER_DATA },
       async handler(ctx: ActionCtx<CreateTemplateVersionParams>) {
-        requireOperator(ctx);
         const p = ctx.params;
         if (p.image === undefined && p.user_data === undefined) throw invalid("Nothing to change: give 'image' and/or 'user_data'");
         checkUserData(p.user_data);
