@@ -6,6 +6,9 @@ import { Migration } from "@mikro-orm/migrations";
  */
 export class Migration20261202006000_catalog extends Migration {
   override async up(): Promise<void> {
+    // All migrations share one transaction: settle the deferred foreign keys of earlier inserts, or the
+    // alter below is refused ("pending trigger events").
+    this.addSql(`set constraints all immediate`);
     // Versions written before sizes existed ran on the default size; the demo plans get their own.
     this.addSql(`alter table plan_versions add column droplet_size text not null default 's-1vcpu-1gb'`);
     this.addSql(`alter table plan_versions alter column droplet_size drop default`);

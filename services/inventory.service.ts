@@ -259,6 +259,7 @@ const InventoryService: ServiceSchema<any> = {
         size: { type: "string", min: 1, max: 100 },
         image: { type: "string", min: 1, max: 200 },
         tags: { type: "array", items: "string", max: 50, optional: true },
+        user_data: { type: "string", max: 65_536, optional: true },
       },
       async handler(this: any, ctx: ActionCtx<CreateDropletInput>) {
         // Never retried here: a create in doubt is settled by the caller looking the saga's tag up.

@@ -1,3 +1,4 @@
+import { createHash } from "node:crypto";
 import type { ServiceSchema } from "moleculer";
 import { Saga, SagaStep, CompensationRequest, type SagaStatus, type StepStatus } from "../entities/saga";
 import { DbMixin } from "../lib/db";
@@ -50,13 +51,13 @@ async function createDroplet({ call, saga, recordIntent }: StepContext) {
   await recordIntent({ tag, name });
   const adopt = async () => {
     const kept = await settleTag(call, tag);
-    return kept === null ? null : { tag, name, droplet_id: kept, adopted: true };
+    return kept === null ? null : { tag, name, droplet_id: kept, adopted: true, ...built(saga) };
   };
   const found = await adopt();
   if (found) return found;
   try {
-    const { droplet } = await call("v1.inventory.createDroplet", { name, region: saga.input.region, size: saga.input.size, image: saga.input.image, tags: [tag] });
-    return { tag, name, droplet_id: droplet.id };
+    const { droplet } = await call("v1.inventory.createDroplet", { name, region: saga.input.region, size: saga.input.size, image: saga.input.image, tags: [tag], ...(saga.input.user_data ? { user_data: saga.input.user_data } : {}) });
+    return { tag, name, droplet_id: droplet.id, ...built(saga) };
   } catch (err) {
     // In doubt (e.g. the response was lost): the provider decides whether the droplet exists.
     if (isTransient(err)) {
@@ -65,6 +66,14 @@ async function createDroplet({ call, saga, recordIntent }: StepContext) {
     }
     throw err;
   }
+}
+
+/** What the droplet was built from (SPEC §3), in the create_droplet step's output; user_data by its digest. */
+function built(saga: StepContext["saga"]) {
+  const i = saga.input;
+  const userData = typeof i.user_data === "string" ? i.user_data : null;
+  return { region: i.region, size: i.size, image: i.image, template_code: i.template_code ?? null, template_version: i.template_version ?? null,
+    user_data_sha256: userData === null ? null : createHash("sha256").update(userData).digest("hex") };
 }
 
 /**
@@ -130,9 +139,11 @@ const ProvisioningService: ServiceSchema<any> = {
     start: {
       access: "scoped",
       visibility: "public",
-      params: { deployment_id: "uuid", tenant_id: "string", slug: "string", region: "string", requested_by: { type: "string", optional: true } },
-      async handler(this: any, ctx: ActionCtx<{ deployment_id: string; tenant_id: string; slug: string; region: string; requested_by?: string }>) {
-        return this.engine.create(ctx.params, ctx.requestID);
+      // COMMON.md's start contract; `input` is the provision input built by services/deployments/provision-input.ts.
+      params: { id: { type: "uuid", optional: true }, kind: { type: "string", optional: true }, deployment_id: "uuid", tenant_id: "string", input: { type: "object" }, requested_by: { type: "string", optional: true } },
+      async handler(this: any, ctx: ActionCtx<{ deployment_id: string; tenant_id: string; input: { slug: string; region: string; [k: string]: unknown }; requested_by?: string }>) {
+        const p = ctx.params;
+        return this.engine.create({ ...p.input, deployment_id: p.deployment_id, tenant_id: p.tenant_id, requested_by: p.requested_by ?? (p.input.requested_by as string | undefined) }, ctx.requestID);
       },
     },
     get: {

@@ -11,6 +11,8 @@ interface RouteDoc {
   query?: Record<string, Schema>;
   status: number;
   response: string;
+  /** Other error statuses the route can answer, with what they mean (Error schema). */
+  more?: Record<string, string>;
 }
 
 const str = { type: "string" };
@@ -18,6 +20,11 @@ const int = { type: "integer" };
 const ref = (name: string) => ({ $ref: `#/components/schemas/${name}` });
 const obj = (props: Record<string, Schema>, required: string[] = []): Schema => ({ type: "object", properties: props, required, additionalProperties: false });
 const list = (item: string) => obj({ items: { type: "array", items: ref(item) }, next_cursor: { type: ["string", "null"] } }, ["items", "next_cursor"]);
+const ADDON_ITEMS = { type: "array", items: obj({ code: str, qty: { ...int, minimum: 1 } }, ["code", "qty"]) };
+const SIZE = { ...str, pattern: "^[a-z0-9][a-z0-9-]{0,63}$", description: "a DigitalOcean size slug the provider offers (GET /v2/sizes)" };
+const IMAGE = { ...str, pattern: "^[a-z0-9][a-z0-9._-]{0,99}$", description: "a DigitalOcean image slug or image id" };
+const USER_DATA = { type: ["string", "null"], maxLength: 65536, description: "cloud-init; {{slug}}, {{hostname}}, {{llm_mode}}, {{tenant_id}} are filled in" };
+const TEMPLATE_VERSION = { oneOf: [{ ...str, pattern: "^[1-9][0-9]{0,8}$" }, { ...int, minimum: 1 }, { type: "null" }], description: "a version number of the template; null or absent = the newest at provisioning time" };
 const STATES = ["provisioning", "trial", "active", "paused", "past_due", "suspended", "cancelled", "archived"];
 
 export const ROUTE_DOCS: Record<string, RouteDoc> = {
@@ -30,19 +37,38 @@ export const ROUTE_DOCS: Record<string, RouteDoc> = {
   },
   "POST /deployments": {
     summary: "Create a deployment (201); with provision: true, 202 with the provisioning saga", status: 201, response: "DeploymentCreated",
-    body: obj({ slug: { ...str, pattern: "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$" }, display_name: str, region: str, state: { enum: ["active", "trial"] }, llm_mode: { enum: ["none", "shared", "byok"] }, billing_action_suspended: { type: "boolean" }, template_code: str, template_version: { type: ["string", "null"] }, tenant_id: { ...str, description: "operators only" }, provision: { type: "boolean" } }, ["slug"]),
+    body: obj({ slug: { ...str, pattern: "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$" }, display_name: str, region: str, state: { enum: ["active", "trial"] }, llm_mode: { enum: ["none", "shared", "byok"] }, billing_action_suspended: { type: "boolean" }, template_code: str, template_version: TEMPLATE_VERSION, tenant_id: { ...str, description: "operators only" }, provision: { type: "boolean" }, plan_code: { ...str, description: "subscribe in the same request" }, addons: ADDON_ITEMS }, ["slug"]),
+    more: { "202": "With provision: true: {deployment, saga} (and subscription with plan_code)", "409": "SLUG_TAKEN", "503": "The catalog, the provider's region list or provisioning is unreachable" },
   },
   "GET /deployments/:id": { summary: "A deployment with subscription (and addons), events (oldest first) and provisioning saga", status: 200, response: "DeploymentDetail" },
   "POST /deployments/:id/transition": { summary: "Move a deployment to another state (SPEC §2 table)", status: 200, response: "DeploymentEnvelope", body: obj({ to_state: { enum: STATES }, reason: str, notes: str }, ["to_state"]) },
   "POST /deployments/:id/subscribe": {
     summary: "Subscribe to a plan's newest version, addons snapshotted", status: 201, response: "SubscriptionEnvelope",
-    body: obj({ plan_code: str, addons: { type: "array", items: obj({ code: str, qty: { ...int, minimum: 1 } }, ["code", "qty"]) } }, ["plan_code"]),
+    body: obj({ plan_code: str, addons: ADDON_ITEMS }, ["plan_code"]),
   },
   "POST /deployments/:id/subscription/addons": { summary: "Attach an addon (price and qty snapshotted)", status: 201, response: "SubscriptionEnvelope", body: obj({ code: str, qty: { ...int, minimum: 1 } }, ["code"]) },
   "POST /deployments/:id/subscription/plan": { summary: "Change plan version (newest of plan_code, or the given version)", status: 200, response: "SubscriptionEnvelope", body: obj({ plan_code: str, version: { ...int, minimum: 1 } }) },
-  "GET /plans": { summary: "Plans with all versions", status: 200, response: "Any" },
-  "POST /plans": { summary: "Create a plan (version 1)", status: 201, response: "Any", body: obj({ code: str, name: str, price_cents: { ...int, minimum: 0 }, currency: str }, ["code", "name", "price_cents"]) },
-  "POST /plans/:code/versions": { summary: "New plan version (a price change)", status: 201, response: "Any", body: obj({ price_cents: { ...int, minimum: 0 }, currency: str }, ["price_cents"]) },
+  "GET /plans": { summary: "Plans with all versions", status: 200, response: "PlanList" },
+  "POST /plans": {
+    summary: "Create a plan (version 1); droplet_size defaults to DO_DEFAULT_SIZE", status: 201, response: "PlanEnvelope",
+    body: obj({ code: str, name: str, price_cents: { ...int, minimum: 0 }, currency: { ...str, pattern: "^[A-Z]{3}$" }, droplet_size: SIZE }, ["code", "name", "price_cents"]),
+    more: { "409": "PLAN_EXISTS", "503": "The provider's size list is unreachable" },
+  },
+  "POST /plans/:code/versions": {
+    summary: "The plan's next version (a price or size change); what is left out is carried over", status: 201, response: "PlanVersionEnvelope",
+    body: obj({ price_cents: { ...int, minimum: 0 }, currency: { ...str, pattern: "^[A-Z]{3}$" }, droplet_size: SIZE }),
+    more: { "503": "The provider's size list is unreachable" },
+  },
+  "GET /templates": { summary: "Templates with all versions (image, user_data)", status: 200, response: "TemplateList" },
+  "POST /templates": {
+    summary: "Create a template (version 1)", status: 201, response: "TemplateEnvelope",
+    body: obj({ code: { ...str, pattern: "^[a-z0-9][a-z0-9_-]{0,62}$" }, name: str, image: IMAGE, user_data: USER_DATA }, ["code", "image"]),
+    more: { "409": "TEMPLATE_EXISTS" },
+  },
+  "POST /templates/:code/versions": {
+    summary: "The template's next version; what is left out is carried over", status: 201, response: "TemplateVersionEnvelope",
+    body: obj({ image: IMAGE, user_data: USER_DATA }),
+  },
   "GET /addons": { summary: "Addons with live prices", status: 200, response: "Any" },
   "POST /addons": { summary: "Create an addon", status: 201, response: "Any", body: obj({ code: str, name: str, unit_price_cents: { ...int, minimum: 0 }, currency: str }, ["code", "name", "unit_price_cents"]) },
   "PATCH /addons/:code": { summary: "Change an addon's name or live price", status: 200, response: "Any", body: obj({ name: str, unit_price_cents: { ...int, minimum: 0 } }) },
@@ -68,6 +94,14 @@ const DEPLOYMENT = obj({
   llm_mode: { enum: ["none", "shared", "byok"] }, billing_action_suspended: { type: "boolean" }, template_code: str, template_version: { type: ["string", "null"] },
   inserted_at: { ...str, format: "date-time" }, updated_at: { ...str, format: "date-time" },
 });
+const PLAN_VERSION = obj(
+  { id: { ...str, format: "uuid" }, plan_code: str, version: { ...int, minimum: 1 }, price_cents: { ...int, minimum: 0 }, currency: str, droplet_size: str, inserted_at: { ...str, format: "date-time" } },
+  ["id", "plan_code", "version", "price_cents", "currency", "droplet_size", "inserted_at"],
+);
+const TEMPLATE_VERSION_DTO = obj(
+  { id: { ...str, format: "uuid" }, template_code: str, version: { ...int, minimum: 1 }, image: str, user_data: { type: ["string", "null"] }, inserted_at: { ...str, format: "date-time" } },
+  ["id", "template_code", "version", "image", "user_data", "inserted_at"],
+);
 const STEP = obj({ name: str, status: { enum: ["pending", "running", "succeeded", "failed", "compensating", "compensated", "compensation_failed", "skipped"] }, attempts: int, started_at: { type: ["string", "null"] }, finished_at: { type: ["string", "null"] }, error: { type: ["string", "null"] }, output: { type: "object" } });
 const SAGA = obj({ id: str, deployment_id: str, status: { enum: ["running", "succeeded", "compensating", "compensated", "compensation_failed"] }, steps: { type: "array", items: STEP }, started_at: str, finished_at: { type: ["string", "null"] }, error: { type: ["string", "null"] } });
 
@@ -99,7 +133,11 @@ export function openApiDocument(aliases: Record<string, string>, accessOf: (acti
       ...(access === "public" ? { security: [] } : {}),
       ...(params.length ? { parameters: params } : {}),
       ...(doc.body ? { requestBody: { required: true, content: { "application/json": { schema: doc.body } } } } : {}),
-      responses: { [String(doc.status)]: { description: "OK", content: { "application/json": { schema: ref(doc.response) } } }, ...errors },
+      responses: {
+        [String(doc.status)]: { description: "OK", content: { "application/json": { schema: ref(doc.response) } } },
+        ...errors,
+        ...Object.fromEntries(Object.entries(doc.more ?? {}).map(([status, description]) => [status, { description, content: { "application/json": { schema: status === "202" ? ref(doc.response) : ref("Error") } } }])),
+      },
     };
   }
   return {
@@ -117,7 +155,17 @@ export function openApiDocument(aliases: Record<string, string>, accessOf: (acti
         Deployment: DEPLOYMENT,
         Saga: SAGA,
         DeploymentEnvelope: obj({ deployment: ref("Deployment") }, ["deployment"]),
-        DeploymentCreated: obj({ deployment: ref("Deployment"), saga: ref("Saga") }, ["deployment"]),
+        DeploymentCreated: obj({ deployment: ref("Deployment"), saga: ref("Saga"), subscription: { type: "object" } }, ["deployment"]),
+        PlanVersion: PLAN_VERSION,
+        Plan: obj({ code: str, name: str, latest_version: { oneOf: [ref("PlanVersion"), { type: "null" }] }, versions: { type: "array", items: ref("PlanVersion") } }, ["code", "name", "latest_version", "versions"]),
+        PlanList: list("Plan"),
+        PlanEnvelope: obj({ plan: ref("Plan") }, ["plan"]),
+        PlanVersionEnvelope: obj({ plan_version: ref("PlanVersion") }, ["plan_version"]),
+        TemplateVersion: TEMPLATE_VERSION_DTO,
+        Template: obj({ code: str, name: str, latest_version: { oneOf: [ref("TemplateVersion"), { type: "null" }] }, versions: { type: "array", items: ref("TemplateVersion") }, inserted_at: { ...str, format: "date-time" } }, ["code", "name", "latest_version", "versions", "inserted_at"]),
+        TemplateList: list("Template"),
+        TemplateEnvelope: obj({ template: ref("Template") }, ["template"]),
+        TemplateVersionEnvelope: obj({ template_version: ref("TemplateVersion") }, ["template_version"]),
         DeploymentList: list("Deployment"),
         DeploymentDetail: obj({ deployment: ref("Deployment"), subscription: { type: ["object", "null"] }, events: { type: "array", items: { type: "object" } }, saga: { oneOf: [ref("Saga"), { type: "null" }] } }, ["deployment", "subscription", "events", "saga"]),
         SubscriptionEnvelope: obj({ subscription: { type: "object" } }, ["subscription"]),

@@ -131,13 +131,14 @@ export class SagaEngine {
   }
 
   /** Creates the saga owned by this node and starts driving it. */
-  async create(input: { deployment_id: string; tenant_id: string; slug: string; region: string; requested_by?: string }, requestId?: string): Promise<SagaDto> {
+  async create(input: { deployment_id: string; tenant_id: string; slug: string; region: string; requested_by?: string; size?: string; image?: string; [k: string]: unknown }, requestId?: string): Promise<SagaDto> {
     const now = new Date();
     const em = this.em();
     const id = randomUUID();
     const saga = em.create(Saga, {
       id, deployment_id: input.deployment_id, tenant_id: input.tenant_id, status: "running",
-      input: { ...input, size: this.settings.dropletSize, image: this.settings.dropletImage },
+      // The provision input names size and image (from the plan and template); the defaults stand in without them.
+      input: { ...input, size: input.size ?? this.settings.dropletSize, image: input.image ?? this.settings.dropletImage },
       owner_node: this.node, lease_until: new Date(now.getTime() + this.settings.leaseMs), started_at: now, finished_at: null, error: null, updated_at: now,
     });
     const steps = this.steps.map((s, idx) =>
