@@ -23,7 +23,7 @@ const OPERATOR_SUB = uniq("op-alice");
 beforeAll(async () => {
   delete process.env.DNS_DOMAIN;
   sim = await startSimulator({ port: 0, activeAfterMs: 0, rateLimit: 1_000_000 });
-  broker = await startNode(["api", "deployments", "inventory", "dns", "provisioning"], {
+  broker = await startNode(["api", "deployments", "subscriptions", "inventory", "dns", "provisioning"], {
     settings: {
       inventory: { doApiUrl: sim.url, doBackoffMs: 10, driftCheckMs: 0 },
       dns: { doApiUrl: sim.url, doBackoffMs: 10 },

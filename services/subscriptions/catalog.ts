@@ -27,7 +27,7 @@ export const TEMPLATE_VERSION = {
   optional: true,
   nullable: true,
   rules: [
-    { type: "string", pattern: "^[1-9][0-9]{0,8}$", messages: { stringPattern: "'template_version' must be a template version number such as \"2\"" } },
+    { type: "string", pattern: "^[1-9][0-9]{0,8}$", messages: { stringPattern: "'template_version' must be a template version number such as 2" } },
     { type: "number", integer: true, min: 1, max: 999_999_999 },
   ],
 };
