@@ -171,6 +171,20 @@ describe("create-time checks", () => {
     expect(await sagaCount(tenant)).toBe(0);
   });
 
+  test("a tenant id that cannot be put into user_data is 422 naming tenant_id when the create provisions", async () => {
+    const tenant = "Acme Corp";
+    const res = await op.post("/deployments", { slug: uniq("t"), tenant_id: tenant, provision: true });
+    expect(res.status).toBe(422);
+    expect(res.body.data).toEqual([expect.objectContaining({ field: "tenant_id" })]);
+    expect(Number((await pg.query("select count(*) as n from deployments where tenant_id = $1", [tenant])).rows[0].n)).toBe(0);
+    // A template that does not use {{tenant_id}} can be provisioned for it.
+    const code = uniq("tpl");
+    await op.post("/templates", { code, image: "ubuntu-24-04-x64", user_data: "#cloud-config\nhostname: {{slug}}\n" });
+    const ok = await op.post("/deployments", { slug: uniq("t"), tenant_id: tenant, template_code: code, provision: true });
+    expect(ok.status).toBe(202);
+    expect((await settled(op, ok.body.saga.id)).status).toBe("succeeded");
+  });
+
   test("a subscribe that fails after the deployment was written leaves nothing: no deployment, event, saga or droplet", async () => {
     const { api, tenant } = await tenantApi();
     const slug = uniq("s");
