@@ -40,7 +40,7 @@ test("every gateway alias is documented, and every documented operation is a rea
 test("path parameters, bodies and operator-only responses are described", async () => {
   const doc = (await http(base, "GET", "/openapi.json")).body;
   const transition = doc.paths["/api/v1/deployments/{id}/transition"].post;
-  expect(transition.parameters).toEqual([expect.objectContaining({ name: "id", in: "path", required: true })]);
+  expect(transition.parameters).toEqual([expect.objectContaining({ name: "id", in: "path", required: true }), expect.objectContaining({ name: "Idempotency-Key", in: "header" })]);
   expect(transition.requestBody.content["application/json"].schema.required).toEqual(["to_state"]);
   expect(doc.paths["/api/v1/sagas/{id}/retry"].post.responses["403"]).toBeDefined();
   expect(doc.paths["/api/v1/health"].get.security).toEqual([]);
