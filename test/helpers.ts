@@ -56,6 +56,7 @@ export function token(opts: { tenant?: string; roles?: string[]; sub?: string; t
 export interface HttpResult<T = any> {
   status: number;
   body: T;
+  headers: Headers;
 }
 
 export async function http<T = any>(base: string, method: string, path: string, opts: { token?: string; body?: unknown; raw?: string; headers?: Record<string, string> } = {}): Promise<HttpResult<T>> {
@@ -75,7 +76,7 @@ export async function http<T = any>(base: string, method: string, path: string, 
   }
   // Every response the suite receives is held against GET /openapi.json (test/openapi-check.ts): a mismatch fails the test.
   await checkResponse(base, method, path, res.status, res.headers.get("content-type"), parsed);
-  return { status: res.status, body: parsed };
+  return { status: res.status, body: parsed, headers: res.headers };
 }
 
 /** A client bound to one base URL and token. */
