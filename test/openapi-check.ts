@@ -67,6 +67,8 @@ export async function checkResponse(base: string, method: string, path: string, 
     }
     pointer = `/paths/${escapePointer(route.template)}/${m.toLowerCase()}/responses/${status}/content/application~1json/schema`;
   }
+  // OPENAPI_SEEN=<file>: which operation and status each response exercised (to see what the suite covers).
+  if (process.env.OPENAPI_SEEN) require("node:fs").appendFileSync(process.env.OPENAPI_SEEN, `${where} ${status}\n`);
   const validate = validator(l, pointer);
   if (!validate(body)) {
     const errs = (validate.errors ?? []).slice(0, 8).map((e) => `${e.instancePath || "(body)"} ${e.message}${e.params && Object.keys(e.params).length ? ` ${JSON.stringify(e.params)}` : ""} [schema ${e.schemaPath}]`);

@@ -141,7 +141,8 @@ export function openApiDocument(aliases: Record<string, string>) {
     const body = method !== "GET" && Object.keys(input.properties).length ? input : null;
     const responses: Record<string, unknown> = {};
     for (const [status, schema] of Object.entries(doc.responses)) {
-      responses[status] = { description: Number(status) < 300 ? "OK" : ERROR_TEXT[Number(status)] ?? "Error", content: { "application/json": { schema: typeof schema === "string" ? ref(schema) : schema } } };
+      const replayed = isWrite(method) && Number(status) < 300 ? { headers: { "Idempotent-Replayed": { schema: { const: "true" }, description: "present when this is the saved answer of an earlier request with the same Idempotency-Key" } } } : {};
+      responses[status] = { description: Number(status) < 300 ? "OK" : ERROR_TEXT[Number(status)] ?? "Error", ...replayed, content: { "application/json": { schema: typeof schema === "string" ? ref(schema) : schema } } };
     }
     for (const status of errorStatuses(method, path, doc)) {
       if (responses[status]) continue;
@@ -212,8 +213,8 @@ const DRIFT_ENTRY = obj({
   id: str, kind: { enum: ["orphan", "ghost", "mismatch"] }, resource: { enum: ["droplet", "dns_record"] }, external_id: str, tenant_id: strOrNull,
   deployment_id: strOrNull, resource_id: strOrNull, name: strOrNull, saga_id: strOrNull, saga_status: strOrNull,
   differences: arr(obj({ field: str, provider: {}, inventory: {} })),
-  at_provider: { type: ["object", "null"], description: "the provider's view: a droplet or a domain record" },
-  in_inventory: { type: ["object", "null"], description: "our row: a cloud resource or a DNS record" },
+  at_provider: { description: "the provider's view: a droplet or a domain record", oneOf: [ref("ProviderDroplet"), ref("ProviderRecord"), { type: "null" }] },
+  in_inventory: { description: "our row: a cloud resource or a DNS record", oneOf: [ref("Resource"), ref("DnsRecord"), { type: "null" }] },
   fix: obj({ text: str, actions: arr({ enum: ["adopt", "destroy", "mark_destroyed", "sync"] }) }),
 });
 const COUNTS3 = obj({ orphans: int, ghosts: int, mismatches: int });
@@ -263,6 +264,13 @@ const SCHEMAS: Record<string, Schema> = {
     next_cursor: { type: "null" },
   }),
   DriftEntry: DRIFT_ENTRY,
+  ProviderDroplet: obj({ id: int, name: str, status: str, ipv4: strOrNull, region: strOrNull, size_slug: strOrNull, tags: arr(str) }),
+  ProviderRecord: obj({ id: int, type: str, name: str, fqdn: str, data: str, ttl: { type: ["integer", "null"] } }),
+  DnsRecord: obj({
+    id: uuid, tenant_id: str, deployment_id: uuid, fqdn: str, domain: str, name: str, type: str, provider_record_id: { type: ["integer", "null"] }, data: str,
+    previous_data: strOrNull, previous_provider_record_id: { type: ["integer", "null"] }, created_by_us: { type: "boolean" }, status: { enum: ["pointing", "pointed", "reverted"] },
+    inserted_at: time, updated_at: time,
+  }),
   DriftReport: obj({
     orphans: arr(ref("DriftEntry")), ghosts: arr(ref("DriftEntry")), mismatches: arr(ref("DriftEntry")),
     in_flight: arr(obj({ resource: { const: "droplet" }, external_id: str, name: str, saga_id: str, saga_status: str })),
@@ -274,7 +282,15 @@ const SCHEMAS: Record<string, Schema> = {
   DriftAction: obj({
     id: uuid, action: { enum: ["adopt", "destroy", "mark_destroyed", "sync"] }, resource: { enum: ["droplet", "dns_record"] }, external_id: str, entry_id: strOrNull, actor: str,
     tenant_id: strOrNull, deployment_id: strOrNull, resource_id: strOrNull, result: { enum: ["succeeded", "rejected", "failed"] }, error: strOrNull,
-    details: { type: "object", description: "what the action did or why it was refused" }, created_at: time,
+    details: {
+      type: "object", description: "what the action did (the droplet, the row before, the saga) or why it was refused (type, code, data)",
+      properties: {
+        droplet: ref("ProviderDroplet"), record: ref("ProviderRecord"), domain: str, previous: { oneOf: [ref("Resource"), { type: "null" }] }, saga_id: strOrNull, saga_status: strOrNull,
+        differences: arr(obj({ field: str, provider: {}, inventory: {} })), type: strOrNull, code: { type: ["integer", "null"] }, data: { type: ["object", "array", "null"] },
+      },
+      additionalProperties: false,
+    },
+    created_at: time,
   }),
   DriftActionResult: obj({ action: ref("DriftAction"), resource: nullable("Resource") }),
 };
