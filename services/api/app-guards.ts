@@ -98,6 +98,12 @@ export async function withIdempotency(store: IdempotencyStore, req: Req, res: Se
   try {
     return await run();
   } catch (err: any) {
+    // The call timed out: the action may still be running, so its outcome is unknown. The claim stays in progress
+    // (repeats are 409) until the lock timeout lets a repeat run again, rather than freeing the key at once.
+    if (err?.type === "REQUEST_TIMEOUT") {
+      req.$idem = undefined;
+      throw err;
+    }
     const status = Number.isInteger(err?.code) && err.code >= 400 && err.code < 600 ? err.code : 500;
     const settle = isSaved(status, err?.type) ? store.complete(f, status, clientErrorBody(err, status)) : store.release(f);
     await settle.catch(() => undefined);
