@@ -1,4 +1,5 @@
 import { Validators, Errors } from "moleculer";
+import { AccessMiddleware } from "./access";
 
 /**
  * Keys the gateway itself may put into ctx.params besides the body, query and path parameters (moleculer-web's
@@ -33,6 +34,24 @@ export class ClearValidator extends Validators.Fastest {
     super({ messages: { enumValue: "The '{field}' field must be one of: {expected} (got '{actual}')." } } as any);
   }
 
+  /**
+   * Who may call comes before what they sent: a tenant posting a bad body to an operator route gets 403, not a
+   * 422 that describes the route. Moleculer runs its internal Validator outside every user middleware, so the
+   * access gate (lib/access.ts AccessMiddleware, the one place it is enforced) is composed here, around the
+   * parameter check, for every action.
+   */
+  override middleware(broker: any) {
+    const mw = super.middleware(broker) as any;
+    const validate = mw.localAction;
+    mw.localAction = function (handler: any, action: any) {
+      // Strict parameters: the action's params compiled with $$strict (see the class comment).
+      const params = action.params;
+      const strict = params && typeof params === "object" && !("$$strict" in params) ? { ...action, params: { $$strict: true, ...GATEWAY_PARAMS, ...params } } : action;
+      return AccessMiddleware.localAction(validate.call(this, handler, strict), action);
+    };
+    return mw;
+  }
+
   override compile(schema: any) {
     const check = super.compile(schema) as any;
     // Marked async so moleculer's middleware awaits it and our rejection reaches the caller unchanged.
@@ -45,18 +64,5 @@ export class ClearValidator extends Validators.Fastest {
     };
     (wrapped as any).async = true;
     return wrapped as any;
-  }
-
-  override middleware(broker: any) {
-    const base = super.middleware(broker) as any;
-    const localAction = base.localAction;
-    return {
-      ...base,
-      localAction(handler: any, action: any) {
-        const params = action.params;
-        if (!params || typeof params !== "object" || "$$strict" in params) return localAction(handler, action);
-        return localAction(handler, { ...action, params: { $$strict: true, ...GATEWAY_PARAMS, ...params } });
-      },
-    };
   }
 }

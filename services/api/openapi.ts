@@ -8,16 +8,16 @@
  * - responses are declared here once per route with every status it can answer; the test client
  *   (test/helpers.ts `http()`) validates every response the suite receives against this document with ajv.
  *
- * Adding a route: an alias in api.service.ts, a ROUTE_DOCS entry here (summary, access, success responses, any
+ * Adding a route: an alias in api.service.ts, a ROUTE_DOCS entry here (summary, success responses, any
  * extra error statuses), a component schema for what it returns.
  */
 import { paramsToSchema } from "./openapi-params";
 
+import type { Access } from "../../lib/access";
+
 type Schema = Record<string, unknown>;
-type Access = "public" | "scoped" | "signed-in" | "operator";
 interface RouteDoc {
   summary: string;
-  access: Access;
   /** Success status → component name (or a schema). */
   responses: Record<number, string | Schema>;
   /** Error statuses besides the ones every route of its kind answers (see `errorStatuses`). */
@@ -46,33 +46,33 @@ const STEP_STATUSES = ["pending", "running", "succeeded", "failed", "compensatin
 const scalar = { type: ["string", "number", "integer", "boolean", "null"] };
 
 export const ROUTE_DOCS: Record<string, RouteDoc> = {
-  "GET /health": { summary: "Liveness", access: "public", responses: { 200: "Health" }, params: {} },
-  "GET /ready": { summary: "Readiness: database (every database-backed service), transporter, provider; 503 names the failing check", access: "public", responses: { 200: "Ready", 503: "Ready" }, params: {} },
-  "GET /openapi.json": { summary: "This document", access: "public", responses: { 200: "OpenApiDocument" }, params: {} },
-  "GET /deployments": { summary: "List deployments, newest first (keyset pagination)", access: "scoped", responses: { 200: "DeploymentList" } },
+  "GET /health": { summary: "Liveness", responses: { 200: "Health" }, params: {} },
+  "GET /ready": { summary: "Readiness: database (every database-backed service), transporter, provider; 503 names the failing check", responses: { 200: "Ready", 503: "Ready" }, params: {} },
+  "GET /openapi.json": { summary: "This document", responses: { 200: "OpenApiDocument" }, params: {} },
+  "GET /deployments": { summary: "List deployments, newest first (keyset pagination)", responses: { 200: "DeploymentList" } },
   "POST /deployments": {
     summary: "Create a deployment (201); with provision: true, 202 with the provisioning saga. 409 SLUG_TAKEN (data.id: the existing deployment), QUOTA_EXCEEDED",
-    access: "scoped", responses: { 201: "DeploymentEnvelope", 202: "DeploymentWithSaga" }, errors: [403],
+    responses: { 201: "DeploymentEnvelope", 202: "DeploymentWithSaga" }, errors: [403],
   },
-  "GET /deployments/:id": { summary: "A deployment with subscription (and addons), events (oldest first) and its newest saga", access: "scoped", responses: { 200: "DeploymentDetail" } },
-  "POST /deployments/:id/transition": { summary: "Move a deployment to another state (SPEC §2 table)", access: "scoped", responses: { 200: "DeploymentEnvelope" }, errors: [403] },
-  "POST /deployments/:id/subscribe": { summary: "Subscribe to a plan's newest version, addons snapshotted", access: "scoped", responses: { 201: "SubscriptionEnvelope" } },
-  "POST /deployments/:id/subscription/addons": { summary: "Attach an addon (price and qty snapshotted)", access: "scoped", responses: { 201: "SubscriptionEnvelope" } },
-  "POST /deployments/:id/subscription/plan": { summary: "Change plan version (newest of plan_code, or the given version)", access: "scoped", responses: { 200: "SubscriptionEnvelope" } },
-  "GET /plans": { summary: "Plans with all versions", access: "signed-in", responses: { 200: "PlanList" } },
-  "POST /plans": { summary: "Create a plan (version 1)", access: "operator", responses: { 201: "PlanEnvelope" } },
-  "POST /plans/:code/versions": { summary: "New plan version (a price change)", access: "operator", responses: { 201: "PlanVersionEnvelope" } },
-  "GET /addons": { summary: "Addons with live prices", access: "signed-in", responses: { 200: "AddonList" } },
-  "POST /addons": { summary: "Create an addon", access: "operator", responses: { 201: "AddonEnvelope" } },
-  "PATCH /addons/:code": { summary: "Change an addon's name or live price", access: "operator", responses: { 200: "AddonEnvelope" } },
-  "GET /sagas/:id": { summary: "A saga with per-step progress", access: "scoped", responses: { 200: "SagaEnvelope" } },
-  "POST /sagas/:id/retry": { summary: "Retry a compensation_failed or failed saga", access: "operator", responses: { 202: "SagaEnvelope" } },
-  "GET /inventory": { summary: "Cloud resources (live; include_destroyed=true for destroyed ones too)", access: "scoped", responses: { 200: "ResourceList" } },
-  "GET /inventory/:id": { summary: "One cloud resource", access: "scoped", responses: { 200: "ResourceEnvelope" } },
-  "GET /billing/balance": { summary: "Provider balance (cents) and platform monthly recurring revenue per currency", access: "operator", responses: { 200: "Balance" }, errors: [502] },
-  "GET /dashboard/margin": { summary: "Revenue, cloud cost and margin per deployment and in total", access: "operator", responses: { 200: "Margin" } },
-  "GET /drift": { summary: "Provider vs inventory and DNS: orphans, ghosts, mismatches", access: "operator", responses: { 200: "DriftReport" } },
-  "POST /drift/actions": { summary: "Act on a drift entry: adopt or destroy an orphan, mark a ghost destroyed, sync a mismatch", access: "operator", responses: { 201: "DriftActionResult" }, errors: [502] },
+  "GET /deployments/:id": { summary: "A deployment with subscription (and addons), events (oldest first) and its newest saga", responses: { 200: "DeploymentDetail" } },
+  "POST /deployments/:id/transition": { summary: "Move a deployment to another state (SPEC §2 table)", responses: { 200: "DeploymentEnvelope" }, errors: [403] },
+  "POST /deployments/:id/subscribe": { summary: "Subscribe to a plan's newest version, addons snapshotted", responses: { 201: "SubscriptionEnvelope" } },
+  "POST /deployments/:id/subscription/addons": { summary: "Attach an addon (price and qty snapshotted)", responses: { 201: "SubscriptionEnvelope" } },
+  "POST /deployments/:id/subscription/plan": { summary: "Change plan version (newest of plan_code, or the given version)", responses: { 200: "SubscriptionEnvelope" } },
+  "GET /plans": { summary: "Plans with all versions", responses: { 200: "PlanList" } },
+  "POST /plans": { summary: "Create a plan (version 1)", responses: { 201: "PlanEnvelope" } },
+  "POST /plans/:code/versions": { summary: "New plan version (a price change)", responses: { 201: "PlanVersionEnvelope" } },
+  "GET /addons": { summary: "Addons with live prices", responses: { 200: "AddonList" } },
+  "POST /addons": { summary: "Create an addon", responses: { 201: "AddonEnvelope" } },
+  "PATCH /addons/:code": { summary: "Change an addon's name or live price", responses: { 200: "AddonEnvelope" } },
+  "GET /sagas/:id": { summary: "A saga with per-step progress", responses: { 200: "SagaEnvelope" } },
+  "POST /sagas/:id/retry": { summary: "Retry a compensation_failed or failed saga", responses: { 202: "SagaEnvelope" } },
+  "GET /inventory": { summary: "Cloud resources (live; include_destroyed=true for destroyed ones too)", responses: { 200: "ResourceList" } },
+  "GET /inventory/:id": { summary: "One cloud resource", responses: { 200: "ResourceEnvelope" } },
+  "GET /billing/balance": { summary: "Provider balance (cents) and platform monthly recurring revenue per currency", responses: { 200: "Balance" }, errors: [502] },
+  "GET /dashboard/margin": { summary: "Revenue, cloud cost and margin per deployment and in total", responses: { 200: "Margin" } },
+  "GET /drift": { summary: "Provider vs inventory and DNS: orphans, ghosts, mismatches", responses: { 200: "DriftReport" } },
+  "POST /drift/actions": { summary: "Act on a drift entry: adopt or destroy an orphan, mark a ghost destroyed, sync a mismatch", responses: { 201: "DriftActionResult" }, errors: [502] },
 };
 
 const ERROR_TEXT: Record<number, string> = {
@@ -89,21 +89,21 @@ const ERROR_TEXT: Record<number, string> = {
 const isWrite = (method: string) => ["POST", "PATCH", "PUT", "DELETE"].includes(method);
 
 /** What every route of its kind can answer, besides its own `errors`. */
-export function errorStatuses(method: string, path: string, doc: RouteDoc): number[] {
+export function errorStatuses(method: string, path: string, doc: RouteDoc, access: Access): number[] {
   const s = new Set<number>([422, 503]);
-  if (doc.access !== "public") s.add(401);
-  if (doc.access === "operator") s.add(403);
+  if (access !== "public") s.add(401);
+  if (access === "operator") s.add(403);
   if (path.includes(":")) s.add(404);
-  if (isWrite(method) && doc.access !== "public") [409, 429].forEach((c) => s.add(c));
+  if (isWrite(method) && access !== "public") [409, 429].forEach((c) => s.add(c));
   (doc.errors ?? []).forEach((c) => s.add(c));
   return [...s].sort();
 }
 
-/** The fastest-validator params of every action a node can run, by full name (v1.deployments.create). */
-function actionParams(): Map<string, Record<string, unknown> | undefined> {
+/** The declarations (fastest-validator params, access) of every action a node can run, by full name (v1.deployments.create). */
+function actionDefs(): Map<string, { params?: Record<string, unknown>; access?: Access }> {
   // Required lazily: services/index imports the api service, which imports this file.
   const { ALL_SERVICES } = require("../index") as typeof import("../index");
-  const out = new Map<string, Record<string, unknown> | undefined>();
+  const out = new Map<string, { params?: Record<string, unknown>; access?: Access }>();
   const collect = (schema: any, into: Record<string, any>) => {
     for (const m of schema.mixins ?? []) collect(m, into);
     Object.assign(into, schema.actions ?? {});
@@ -111,7 +111,7 @@ function actionParams(): Map<string, Record<string, unknown> | undefined> {
   };
   for (const schema of Object.values(ALL_SERVICES) as any[]) {
     const full = `${schema.version ? `v${schema.version}.` : ""}${schema.name}`;
-    for (const [name, def] of Object.entries(collect(schema, {}))) out.set(`${full}.${name}`, typeof def === "object" && def ? ((def as any).params ?? undefined) : undefined);
+    for (const [name, def] of Object.entries(collect(schema, {}))) out.set(`${full}.${name}`, typeof def === "object" && def ? { params: (def as any).params, access: (def as any).access } : {});
   }
   return out;
 }
@@ -122,8 +122,14 @@ const IDEMPOTENCY_HEADER = {
   schema: { type: "string", minLength: 1, maxLength: 255 },
 };
 
-export function openApiDocument(aliases: Record<string, string>) {
-  const params = actionParams();
+/**
+ * `accessOf(action)` is the action's own `access` declaration (read from the service registry, local or remote):
+ * who may call a route is declared once, on the action, and this document shows the same thing the
+ * AccessMiddleware enforces. Without it (an action not discovered yet) the action's declaration in
+ * services/index.ts is used; failing that, signed-in.
+ */
+export function openApiDocument(aliases: Record<string, string>, accessOf: (action: string) => Access | undefined = () => undefined) {
+  const defs = actionDefs();
   const paths: Record<string, Record<string, unknown>> = {};
   for (const [key, action] of Object.entries(aliases)) {
     const doc = ROUTE_DOCS[key];
@@ -131,7 +137,8 @@ export function openApiDocument(aliases: Record<string, string>) {
     const [method, path] = key.split(" ");
     const oaPath = `/api/v1${path.replace(/:(\w+)/g, "{$1}")}`;
     const pathNames = [...path.matchAll(/:(\w+)/g)].map((m) => m[1]);
-    const declared = (doc.params ?? params.get(action) ?? {}) as Record<string, any>;
+    const declared = (doc.params ?? defs.get(action)?.params ?? {}) as Record<string, any>;
+    const access: Access = accessOf(action) ?? defs.get(action)?.access ?? "signed-in";
     const input = paramsToSchema(declared, true, pathNames) as { properties: Record<string, Schema>; required: string[] };
     const pathParams = pathNames.map((name) => ({ name, in: "path", required: true, schema: declared[name] ? (paramsToSchema({ [name]: declared[name] }) as any).properties[name] : str }));
     const queryParams =
@@ -144,7 +151,7 @@ export function openApiDocument(aliases: Record<string, string>) {
       const replayed = isWrite(method) && Number(status) < 300 ? { headers: { "Idempotent-Replayed": { schema: { const: "true" }, description: "present when this is the saved answer of an earlier request with the same Idempotency-Key" } } } : {};
       responses[status] = { description: Number(status) < 300 ? "OK" : ERROR_TEXT[Number(status)] ?? "Error", ...replayed, content: { "application/json": { schema: typeof schema === "string" ? ref(schema) : schema } } };
     }
-    for (const status of errorStatuses(method, path, doc)) {
+    for (const status of errorStatuses(method, path, doc, access)) {
       if (responses[status]) continue;
       const headers = status === 429 || status === 503 ? { "Retry-After": { schema: int, description: "seconds" } } : undefined;
       responses[status] = { description: ERROR_TEXT[status] ?? "Error", ...(headers ? { headers } : {}), content: { "application/json": { schema: ref("Error") } } };
@@ -152,8 +159,8 @@ export function openApiDocument(aliases: Record<string, string>) {
     (paths[oaPath] ??= {})[method.toLowerCase()] = {
       summary: doc.summary,
       operationId: action,
-      "x-access": doc.access,
-      ...(doc.access === "public" ? { security: [] } : {}),
+      "x-access": access,
+      ...(access === "public" ? { security: [] } : {}),
       parameters: [...pathParams, ...queryParams, ...(isWrite(method) ? [IDEMPOTENCY_HEADER] : [])],
       ...(body ? { requestBody: { required: body.required.length > 0, content: { "application/json": { schema: body } } } } : {}),
       responses,
