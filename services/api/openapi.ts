@@ -19,7 +19,15 @@ type Schema = Record<string, unknown>;
 interface RouteDoc {
   summary: string;
   /** Success status → component name (or a schema). */
-  responses: Record<number, string | Schema>;
+  responses?: Record<number, string | Schema>;
+  /**
+   * The earlier entry format (one success status), still read so entries written for it merge: `status` +
+   * `response` become `responses`. `body` and `query` are not used: both come from the action's params.
+   */
+  status?: number;
+  response?: string;
+  body?: Schema;
+  query?: Record<string, Schema>;
   /** Error statuses besides the ones every route of its kind answers (see `errorStatuses`). */
   errors?: number[];
   /** For routes whose action is not in ALL_SERVICES (the gateway's own): the params it takes. */
@@ -147,7 +155,7 @@ export function openApiDocument(aliases: Record<string, string>, accessOf: (acti
         : [];
     const body = method !== "GET" && Object.keys(input.properties).length ? input : null;
     const responses: Record<string, unknown> = {};
-    for (const [status, schema] of Object.entries(doc.responses)) {
+    for (const [status, schema] of Object.entries(doc.responses ?? (doc.status && doc.response ? { [doc.status]: doc.response } : {}))) {
       const replayed = isWrite(method) && Number(status) < 300 ? { headers: { "Idempotent-Replayed": { schema: { const: "true" }, description: "present when this is the saved answer of an earlier request with the same Idempotency-Key" } } } : {};
       responses[status] = { description: Number(status) < 300 ? "OK" : ERROR_TEXT[Number(status)] ?? "Error", ...replayed, content: { "application/json": { schema: typeof schema === "string" ? ref(schema) : schema } } };
     }
