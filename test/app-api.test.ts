@@ -243,6 +243,9 @@ describe("strict parameters", () => {
     expect(fieldsOf(await http(base, "GET", "/inventory?bogus=1", { token: tok }))).toEqual(["bogus"]);
     expect(fieldsOf(await http(base, "GET", "/drift?deep=1", { token: op }))).toEqual(["deep"]);
 
+    // A body over the limit is refused before anything runs, as documented (413).
+    expect((await http(base, "POST", "/deployments", { token: tok, raw: JSON.stringify({ slug: uniq("big"), display_name: "x".repeat(300_000) }) })).status).toBe(413);
+
     // Path parameters merged into the params do not count as unknown.
     expect((await http(base, "GET", `/deployments/${id}`, { token: tok })).status).toBe(200);
     expect((await post(base, tok, `/deployments/${id}/transition`, { to_state: "paused" })).status).toBe(200);
@@ -330,7 +333,7 @@ describe("the OpenAPI check of the test client", () => {
   test("every documented response status of a write includes 401, 409, 422, 429 and 503 in the error shape", async () => {
     const doc = (await http(base, "GET", "/openapi.json")).body;
     const op = doc.paths["/api/v1/deployments"].post;
-    expect(Object.keys(op.responses).sort()).toEqual(["201", "202", "401", "403", "409", "422", "429", "503"]);
+    expect(Object.keys(op.responses).sort()).toEqual(["201", "202", "401", "403", "409", "413", "415", "422", "429", "503"]);
     expect(op.responses["409"].content["application/json"].schema).toEqual({ $ref: "#/components/schemas/Error" });
     expect(op.requestBody.content["application/json"].schema).toMatchObject({ additionalProperties: false, required: ["slug"] });
     expect(doc.paths["/api/v1/deployments"].get.parameters.map((p: any) => p.name).sort()).toEqual(["cursor", "limit", "state", "tenant_id"]);

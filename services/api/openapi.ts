@@ -89,6 +89,8 @@ const ERROR_TEXT: Record<number, string> = {
   404: "Absent or another tenant's",
   409: "Conflict (e.g. SLUG_TAKEN, QUOTA_EXCEEDED, IDEMPOTENCY_IN_PROGRESS)",
   422: "Invalid input: VALIDATION_ERROR naming the field or unknown parameter, INVALID_TRANSITION, IDEMPOTENCY_KEY_REUSED",
+  413: "The body is over 256 KB",
+  415: "Unknown Content-Encoding",
   429: "Too many writes for this token (RATE_LIMITED); retry after the Retry-After header's seconds",
   502: "The provider answered something we could not use",
   503: "A service or the database the request needs is unreachable (SERVICE_UNAVAILABLE); Retry-After",
@@ -103,6 +105,8 @@ export function errorStatuses(method: string, path: string, doc: RouteDoc, acces
   if (access === "operator") s.add(403);
   if (path.includes(":")) s.add(404);
   if (isWrite(method) && access !== "public") [409, 429].forEach((c) => s.add(c));
+  // The body parser's own refusals, before anything runs: a body over 256 KB, an unknown Content-Encoding.
+  if (isWrite(method)) [413, 415].forEach((c) => s.add(c));
   (doc.errors ?? []).forEach((c) => s.add(c));
   return [...s].sort();
 }
