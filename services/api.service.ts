@@ -95,7 +95,7 @@ const ApiService: ServiceSchema<any> = {
       url: process.env.DATABASE_URL,
       ttlMs: Number(process.env.IDEMPOTENCY_TTL_MS ?? 24 * 3600_000),
       lockTimeoutMs: Number(process.env.IDEMPOTENCY_LOCK_TIMEOUT_MS ?? 120_000),
-      poolMax: Number(process.env.IDEMPOTENCY_POOL_MAX ?? 3),
+      poolMax: Number(process.env.IDEMPOTENCY_POOL_MAX ?? 5),
     });
   },
   started() {

@@ -72,7 +72,7 @@ export class IdempotencyStore {
   private db(): Pool {
     if (!this.opts.url) throw new Error("DATABASE_URL is not set: idempotency keys need PostgreSQL");
     // Errors of idle clients (a database restart) must not crash the gateway; the next query reconnects.
-    this.pool ??= new Pool({ connectionString: this.opts.url, max: this.opts.poolMax, connectionTimeoutMillis: 3000 }).on("error", () => undefined);
+    this.pool ??= new Pool({ connectionString: this.opts.url, max: this.opts.poolMax, connectionTimeoutMillis: 10_000 }).on("error", () => undefined);
     return this.pool;
   }
 

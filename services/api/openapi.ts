@@ -231,7 +231,7 @@ const FLAGS = { enum: ["cost_without_revenue", "revenue_without_cost", "multi_cu
 const DRIFT_ENTRY = obj({
   id: str, kind: { enum: ["orphan", "ghost", "mismatch"] }, resource: { enum: ["droplet", "dns_record"] }, external_id: str, tenant_id: strOrNull,
   deployment_id: strOrNull, resource_id: strOrNull, name: strOrNull, saga_id: strOrNull, saga_status: strOrNull,
-  differences: arr(obj({ field: str, provider: {}, inventory: {} })),
+  differences: arr(obj({ field: str, provider: scalar, inventory: scalar })),
   at_provider: { description: "the provider's view: a droplet or a domain record", oneOf: [ref("ProviderDroplet"), ref("ProviderRecord"), { type: "null" }] },
   in_inventory: { description: "our row: a cloud resource or a DNS record", oneOf: [ref("Resource"), ref("DnsRecord"), { type: "null" }] },
   fix: obj({ text: str, actions: arr({ enum: ["adopt", "destroy", "mark_destroyed", "sync"] }) }),
@@ -241,7 +241,14 @@ const COUNTS3 = obj({ orphans: int, ghosts: int, mismatches: int });
 const SCHEMAS: Record<string, Schema> = {
   Error: obj({
     name: str, message: str, code: { type: "integer", minimum: 400, maximum: 599 }, type: strOrNull,
-    data: { type: ["object", "array", "null"], description: "details: the fields refused (VALIDATION_ERROR), {from, to} (INVALID_TRANSITION), {slug, id} (SLUG_TAKEN), …" },
+    data: {
+      description: "details: the fields refused (VALIDATION_ERROR: one entry per field, `field` naming it), {from, to} (INVALID_TRANSITION), {slug, id} (SLUG_TAKEN), {tenant_id, limit, count} (QUOTA_EXCEEDED), {limit, retry_after} (RATE_LIMITED), …",
+      oneOf: [
+        { type: "null" },
+        arr({ type: "object", properties: { type: str, field: str, message: str } }),
+        { type: "object", not: { type: "array" } },
+      ],
+    },
   }),
   Health: obj({ status: { const: "ok" }, node: str, uptime_s: int }),
   Ready: obj({ status: { enum: ["ok", "unavailable"] }, checks: { type: "object", properties: { transporter: str, database: str, provider: str }, required: ["transporter", "database"], additionalProperties: str } }),
@@ -305,7 +312,7 @@ const SCHEMAS: Record<string, Schema> = {
       type: "object", description: "what the action did (the droplet, the row before, the saga) or why it was refused (type, code, data)",
       properties: {
         droplet: ref("ProviderDroplet"), record: ref("ProviderRecord"), domain: str, previous: { oneOf: [ref("Resource"), { type: "null" }] }, saga_id: strOrNull, saga_status: strOrNull,
-        differences: arr(obj({ field: str, provider: {}, inventory: {} })), type: strOrNull, code: { type: ["integer", "null"] }, data: { type: ["object", "array", "null"] },
+        differences: arr(obj({ field: str, provider: scalar, inventory: scalar })), type: strOrNull, code: { type: ["integer", "null"] }, data: { type: ["object", "array", "null"] },
       },
       additionalProperties: false,
     },
