@@ -92,7 +92,7 @@ const ApiService: ServiceSchema<any> = {
     // SPEC §9 (services/api/app-guards.ts): write rate limit per tenant token, idempotency keys in PostgreSQL.
     this.writeLimit = new WriteRateLimit(Number(this.settings.rateLimitWritesPerMin ?? process.env.RATE_LIMIT_WRITES_PER_MIN ?? 600));
     this.idempotency = new IdempotencyStore({
-      url: process.env.DATABASE_URL,
+      url: this.settings.idempotencyDatabaseUrl ?? process.env.DATABASE_URL,
       ttlMs: Number(process.env.IDEMPOTENCY_TTL_MS ?? 24 * 3600_000),
       lockTimeoutMs: Number(process.env.IDEMPOTENCY_LOCK_TIMEOUT_MS ?? 120_000),
       poolMax: Number(process.env.IDEMPOTENCY_POOL_MAX ?? 5),

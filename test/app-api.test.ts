@@ -196,6 +196,34 @@ describe("idempotency keys", () => {
     expect((await post(base, tok, "/deployments", body, key)).headers.get("idempotent-replayed")).toBe("true");
   });
 
+  test("PATCH takes a key too: the repeat is the saved answer, not a second change", async () => {
+    const key = uniq("key");
+    const first = await http(base, "PATCH", "/addons/storage_50gb", { token: operatorToken, body: { name: "Storage, 50 GB" }, headers: { "idempotency-key": key } });
+    expect(first.status).toBe(200);
+    await http(base, "PATCH", "/addons/storage_50gb", { token: operatorToken, body: { name: "Storage (renamed)" } });
+    const again = await http(base, "PATCH", "/addons/storage_50gb", { token: operatorToken, body: { name: "Storage, 50 GB" }, headers: { "idempotency-key": key } });
+    expect(again.headers.get("idempotent-replayed")).toBe("true");
+    expect(again.body).toEqual(first.body);
+    expect((await http(base, "GET", "/addons", { token: operatorToken })).body.items.find((a: any) => a.code === "storage_50gb").name).toBe("Storage (renamed)");
+    await http(base, "PATCH", "/addons/storage_50gb", { token: operatorToken, body: { name: "Storage, 50 GB" } });
+  });
+
+  test("without its database, a request with a key is 503 with retry-after; one without a key still runs", async () => {
+    const broken = await startNode(["api"], { nats: (gateway as any).namespace, nodeID: "gateway-nodb", settings: { api: { idempotencyDatabaseUrl: "postgresql://postgres@127.0.0.1:1/none" } } });
+    try {
+      await broken.waitForServices(["v1.deployments"], 15_000);
+      const b = apiUrl(broken);
+      const tok = await tenantToken(uniq("nodb"));
+      const res = await post(b, tok, "/deployments", { slug: uniq("n") }, uniq("key"));
+      expect(res.status).toBe(503);
+      expect(res.headers.get("retry-after")).toMatch(/^\d+$/);
+      expect((await http(b, "GET", "/deployments", { token: tok })).body.items).toEqual([]);
+      expect((await post(b, tok, "/deployments", { slug: uniq("n") })).status).toBe(201);
+    } finally {
+      await broken.stop();
+    }
+  });
+
   test("a key longer than 255 characters is 422 naming the header", async () => {
     const res = await post(base, await tenantToken(uniq("long")), "/deployments", { slug: uniq("x") }, "k".repeat(256));
     expect(res.status).toBe(422);
@@ -249,7 +277,7 @@ describe("strict parameters", () => {
     // Path parameters merged into the params do not count as unknown.
     expect((await http(base, "GET", `/deployments/${id}`, { token: tok })).status).toBe(200);
     expect((await post(base, tok, `/deployments/${id}/transition`, { to_state: "paused" })).status).toBe(200);
-    expect((await http(base, "PATCH", "/addons/storage_50gb", { token: op, body: { name: "Storage 50 GB" } })).status).toBe(200);
+    expect((await http(base, "PATCH", "/addons/storage_50gb", { token: op, body: { name: "Storage, 50 GB" } })).status).toBe(200);
   });
 });
 
