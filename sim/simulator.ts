@@ -110,6 +110,8 @@ interface SimDroplet {
   ipv4: string;
   privateIpv4: string;
   neverActive: boolean;
+  /** The droplet action still running on it (DO locks the droplet meanwhile). */
+  pendingAction?: SimAction;
   /** Set by the control API; overrides the time-based new→active transition. */
   status?: string;
 }
@@ -179,6 +181,8 @@ export async function startSimulator(opts: SimulatorOptions = {}): Promise<Simul
   let droplets = new Map<number, SimDroplet>();
   let domains = new Map<string, Map<number, SimDomainRecord>>();
   let actions = new Map<number, SimAction>();
+  /** Droplet actions not yet ended: the only ones settleActions looks at. */
+  let unsettled = new Set<SimAction>();
   let faults: SimFault[] = [];
   let requests: Record<string, number> = {};
   // Ids start from the clock so a restarted simulator never hands out an id a persisted database already knows.
@@ -192,6 +196,7 @@ export async function startSimulator(opts: SimulatorOptions = {}): Promise<Simul
     droplets = new Map();
     domains = new Map();
     actions = new Map();
+    unsettled = new Set();
     faults = [];
     requests = {};
     window = { start: Date.now(), used: 0 };
@@ -204,14 +209,16 @@ export async function startSimulator(opts: SimulatorOptions = {}): Promise<Simul
   /** Ends the actions whose time has come, applying their effect: called before every request is handled. */
   function settleActions() {
     const now = Date.now();
-    for (const a of actions.values()) {
-      if (a.settled || a.doneMs > now) continue;
+    for (const a of unsettled) {
+      if (a.doneMs > now) continue;
       a.settled = true;
+      unsettled.delete(a);
       const d = droplets.get(a.dropletId);
+      if (d?.pendingAction === a) d.pendingAction = undefined;
       if (a.outcome === "completed" && d) a.effect?.(d);
     }
   }
-  const pending = (dropletId: number) => [...actions.values()].some((a) => a.dropletId === dropletId && !a.settled && a.type !== "create");
+  const pending = (d: SimDroplet) => d.pendingAction !== undefined;
 
   function actionView(a: SimAction) {
     const done = a.settled || a.doneMs <= Date.now();
@@ -233,7 +240,7 @@ export async function startSimulator(opts: SimulatorOptions = {}): Promise<Simul
     if (!(DROPLET_ACTION_TYPES as readonly string[]).includes(type)) throw unprocessable(`'${type}' is not a valid action type.`);
     const status = statusOf(d);
     // DO locks a droplet while an action (or its creation) is in progress and refuses another one.
-    if (status === "new" || pending(d.id)) throw unprocessable("Droplet already has a pending event.");
+    if (status === "new" || pending(d)) throw unprocessable("Droplet already has a pending event.");
     let effect: SimAction["effect"];
     if (type === "power_on") effect = (x) => { x.status = "active"; };
     else if (type === "power_off" || type === "shutdown") effect = (x) => { x.status = "off"; };
@@ -254,6 +261,8 @@ export async function startSimulator(opts: SimulatorOptions = {}): Promise<Simul
     const a: SimAction = { id: nextActionId++, type, dropletId: d.id, region: d.region, startedMs: now, doneMs: now + actionMs,
       outcome: errored ? "errored" : "completed", effect, settled: false };
     actions.set(a.id, a);
+    unsettled.add(a);
+    d.pendingAction = a;
     return a;
   }
 
@@ -266,7 +275,7 @@ export async function startSimulator(opts: SimulatorOptions = {}): Promise<Simul
       memory: d.size.memory,
       vcpus: d.size.vcpus,
       disk: d.disk,
-      locked: pending(d.id),
+      locked: pending(d),
       status,
       kernel: null,
       created_at: new Date(d.createdMs).toISOString().replace(/\.\d{3}Z$/, "Z"),
