@@ -59,8 +59,7 @@ const LIVE_STATUSES = RESOURCE_STATUSES.filter((s) => s !== "destroyed");
 
 export const ProviderActionsMixin: Partial<ServiceSchema<any>> = {
   // Uses the service's doClient, sizes (SizeCache) and regionCache (TtlCache<Region[]>), made in its created().
-  // Typed loosely until lib/access.ts teaches Moleculer's ActionSchema the `access` property.
-  actions: <Record<string, any>>{
+  actions: {
     /** Starts power_on / power_off / shutdown / resize on a droplet; poll getAction for its end. Never resent. */
     dropletAction: {
       visibility: "public",
