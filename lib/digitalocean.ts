@@ -255,6 +255,11 @@ export class DigitalOceanClient {
     return (await this.request<{ action: Action }>("POST", `/v2/droplets/${id}/actions`, { body: input, idempotent: false })).action;
   }
 
+  /** The droplet's actions, newest first (DO's order): how a caller finds the action a lost response started. */
+  listDropletActions(id: number, opts: { perPage?: number } = {}): Promise<Action[]> {
+    return this.paginate<Action>(`/v2/droplets/${id}/actions`, "actions", {}, opts.perPage);
+  }
+
   async getAction(id: number): Promise<Action> {
     return (await this.request<{ action: Action }>("GET", `/v2/actions/${id}`, { idempotent: true })).action;
   }

@@ -11,7 +11,7 @@ import type { AddressInfo } from "node:net";
 export const FAULT_OPERATIONS = [
   "droplets.create", "droplets.get", "droplets.list", "droplets.delete",
   "domains.records.list", "domains.records.create", "domains.records.update", "domains.records.delete",
-  "droplets.actions.create", "actions.get",
+  "droplets.actions.create", "droplets.actions.list", "actions.get",
 ] as const;
 export type FaultOperation = (typeof FAULT_OPERATIONS)[number];
 export const FAULT_MODES = ["error", "lose_response", "never_active", "action_errored", "delay"] as const;
@@ -448,6 +448,12 @@ export async function startSimulator(opts: SimulatorOptions = {}): Promise<Simul
         if (!d) throw notFound();
         const act = startAction(d, body, fault?.mode === "action_errored");
         return { status: 201, body: { action: actionView(act) } };
+      } };
+      if (n === 3 && b === "actions" && method === "GET") return { op: "droplets.actions.list", run: () => {
+        const d = /^\d+$/.test(a) ? droplets.get(Number(a)) : undefined;
+        if (!d) throw notFound();
+        const list = [...actions.values()].filter((x) => x.dropletId === d.id).sort((x, y) => y.startedMs - x.startedMs || y.id - x.id);
+        return paginate(url, "actions", list.map(actionView));
       } };
       if (n === 2 && (method === "GET" || method === "DELETE")) return { op: method === "GET" ? "droplets.get" : "droplets.delete", run: () => {
         const d = droplets.get(Number(a));

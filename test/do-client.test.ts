@@ -209,6 +209,17 @@ describe("droplet actions", () => {
     expect((await client.getDroplet(created.droplet.id)).status).toBe("active");
   });
 
+  it("lists a droplet's actions newest first, create action included", async () => {
+    const id = await activeDroplet();
+    const off = await client.dropletAction(id, { type: "power_off" });
+    await done(off.id);
+    const on = await client.dropletAction(id, { type: "power_on" });
+    const list = await client.listDropletActions(id, { perPage: 1 });
+    expect(list.map((x) => [x.id, x.type])).toEqual([[on.id, "power_on"], [off.id, "power_off"], [expect.any(Number), "create"]]);
+    expect(list[0].status).toBe("in-progress");
+    expect(await rejection(client.listDropletActions(424242))).toMatchObject({ status: 404 });
+  });
+
   it("action_errored: accepted, then errored, the droplet unchanged", async () => {
     const id = await activeDroplet({ status: "off" });
     await fault({ operation: "droplets.actions.create", mode: "action_errored" });

@@ -305,6 +305,16 @@ describe("droplet actions, the catalog and moves (internal actions)", () => {
     expect((await simDroplet(d.id)).status).toBe("off");
   });
 
+  test("dropletActions finds the action a lost response started", async () => {
+    const d = await plant();
+    await ctl("POST", "faults", { operation: "droplets.actions.create", mode: "lose_response" });
+    expect(await rejection(call("dropletAction", { id: d.id, type: "power_off" }))).toMatchObject({ code: 503 });
+    const { actions } = await call("dropletActions", { id: d.id });
+    expect(actions[0]).toMatchObject({ type: "power_off", droplet_id: d.id });
+    expect((await until(actions[0].id)).status).toBe("completed");
+    expect((await simDroplet(d.id)).status).toBe("off");
+  });
+
   test("resize of an off droplet changes its size at the provider; updateResource follows with the new price", async () => {
     const tenant = uniq("acme");
     const d = await plant({ status: "off", size: "s-1vcpu-1gb" });
@@ -503,7 +513,7 @@ describe("droplet actions, the catalog and moves (internal actions)", () => {
     const tenant = uniq("acme");
     const d = await plant();
     for (const [action, params] of [
-      ["dropletAction", { id: d.id, type: "power_off" }], ["getAction", { id: 1 }], ["updateResource", { id: randomUUID(), status: "off" }],
+      ["dropletAction", { id: d.id, type: "power_off" }], ["getAction", { id: 1 }], ["dropletActions", { id: d.id }], ["regions", {}], ["sizes", {}], ["updateResource", { id: randomUUID(), status: "off" }],
       ["forDeployment", { deployment_id: randomUUID() }], ["destroyByTag", { tag: "x" }],
     ] as const) {
       expect([action, (await rejection(call(action, params, asTenant(tenant)))).code]).toEqual([action, 403]);

@@ -101,6 +101,18 @@ export const ProviderActionsMixin: Partial<ServiceSchema<any>> = {
       },
     },
 
+    /** A droplet's actions, newest first: finds the action a lost dropletAction response started. */
+    dropletActions: {
+      visibility: "public",
+      access: "internal",
+      params: { id: { type: "number", integer: true, positive: true, convert: true } },
+      async handler(this: any, ctx: ActionCtx<{ id: number }>) {
+        requireOperator(ctx);
+        const actions: Action[] = await provider(() => this.doClient.listDropletActions(ctx.params.id));
+        return { actions: actions.map(actionDto) };
+      },
+    },
+
     /** After a move: the row's status and/or size; a size change re-prices it from the provider's size list. */
     updateResource: {
       visibility: "public",
