@@ -171,6 +171,21 @@ describe("create-time checks", () => {
     expect(await sagaCount(tenant)).toBe(0);
   });
 
+  test("a provider that does not answer the region check is 503, and nothing is created", async () => {
+    const closed = await startNode(["api", "deployments", "subscriptions", "inventory", "dns"], { settings: { inventory: { doApiUrl: "http://127.0.0.1:9", doMaxRetries: 0 } } });
+    try {
+      const tenant = uniq("down");
+      const api = client(apiUrl(closed), await token({ tenant }));
+      for (const provision of [true, false]) {
+        const res = await api.post("/deployments", { slug: uniq("d"), provision });
+        expect({ provision, status: res.status }).toEqual({ provision, status: 503 });
+      }
+      expect(Number((await pg.query("select count(*) as n from deployments where tenant_id = $1", [tenant])).rows[0].n)).toBe(0);
+    } finally {
+      await closed.stop();
+    }
+  });
+
   test("a tenant id that cannot be put into user_data is 422 naming tenant_id when the create provisions", async () => {
     const tenant = "Acme Corp";
     const res = await op.post("/deployments", { slug: uniq("t"), tenant_id: tenant, provision: true });
