@@ -376,7 +376,8 @@ const DeploymentsService: ServiceSchema<any> = {
 
     async startProvisioning(ctx: ActionCtx<unknown>, deployment: DeploymentDto) {
       const input = await provisionInput(ctx, deployment);
-      return ctx.call("v1.provisioning.start", { id: randomUUID(), kind: "provision", deployment_id: deployment.id, tenant_id: deployment.tenant_id, input, requested_by: input.requested_by });
+      const { saga } = (await ctx.call("v1.provisioning.start", { id: randomUUID(), kind: "provision", deployment_id: deployment.id, tenant_id: deployment.tenant_id, input, requested_by: input.requested_by })) as { saga: unknown };
+      return saga;
     },
 
     /**

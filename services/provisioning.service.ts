@@ -143,7 +143,7 @@ const ProvisioningService: ServiceSchema<any> = {
       params: { id: { type: "uuid", optional: true }, kind: { type: "string", optional: true }, deployment_id: "uuid", tenant_id: "string", input: { type: "object" }, requested_by: { type: "string", optional: true } },
       async handler(this: any, ctx: ActionCtx<{ deployment_id: string; tenant_id: string; input: { slug: string; region: string; [k: string]: unknown }; requested_by?: string }>) {
         const p = ctx.params;
-        return this.engine.create({ ...p.input, deployment_id: p.deployment_id, tenant_id: p.tenant_id, requested_by: p.requested_by ?? (p.input.requested_by as string | undefined) }, ctx.requestID);
+        return { saga: await this.engine.create({ ...p.input, deployment_id: p.deployment_id, tenant_id: p.tenant_id, requested_by: p.requested_by ?? (p.input.requested_by as string | undefined) }, ctx.requestID) };
       },
     },
     get: {
