@@ -64,7 +64,7 @@ export const replCommands = [
   {
     command: "sagas",
     description: "List provisioning sagas (newest first)",
-    options: [{ option: "--status <status>", description: "running | succeeded | compensating | compensated | compensation_failed" }],
+    options: [{ option: "--status <status>", description: "running | succeeded | failed | compensating | compensated | compensation_failed" }],
     action: (broker: ServiceBroker, args: { options: Row }) =>
       guarded(async () => {
         const res = await broker.call<{ items: any[] }, Row>("v1.provisioning.list", { status: args.options.status }, meta);

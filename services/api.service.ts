@@ -22,6 +22,7 @@ export const API_ALIASES: Record<string, string> = {
   "GET /addons": "v1.subscriptions.listAddons",
   "POST /addons": "v1.subscriptions.createAddon",
   "PATCH /addons/:code": "v1.subscriptions.updateAddon",
+  "GET /sagas": "v1.provisioning.list",
   "GET /sagas/:id": "v1.provisioning.get",
   "POST /sagas/:id/retry": "v1.provisioning.retry",
   "GET /inventory": "v1.inventory.list",

@@ -10,6 +10,8 @@ interface RouteDoc {
   query?: Record<string, Schema>;
   status: number;
   response: string;
+  /** Statuses beyond the ones every route of its access level can answer, with what they mean. */
+  errors?: Record<string, string>;
 }
 
 const str = { type: "string" };
@@ -17,6 +19,8 @@ const int = { type: "integer" };
 const ref = (name: string) => ({ $ref: `#/components/schemas/${name}` });
 const obj = (props: Record<string, Schema>, required: string[] = []): Schema => ({ type: "object", properties: props, required, additionalProperties: false });
 const list = (item: string) => obj({ items: { type: "array", items: ref(item) }, next_cursor: { type: ["string", "null"] } }, ["items", "next_cursor"]);
+const SAGA_STATUSES = ["running", "succeeded", "failed", "compensating", "compensated", "compensation_failed"];
+const SAGA_KINDS = ["provision", "power_off", "power_on", "decommission"];
 const STATES = ["provisioning", "trial", "active", "paused", "past_due", "suspended", "cancelled", "archived"];
 
 export const ROUTE_DOCS: Record<string, RouteDoc> = {
@@ -45,8 +49,15 @@ export const ROUTE_DOCS: Record<string, RouteDoc> = {
   "GET /addons": { summary: "Addons with live prices", access: "signed-in", status: 200, response: "Any" },
   "POST /addons": { summary: "Create an addon", access: "operator", status: 201, response: "Any", body: obj({ code: str, name: str, unit_price_cents: { ...int, minimum: 0 }, currency: str }, ["code", "name", "unit_price_cents"]) },
   "PATCH /addons/:code": { summary: "Change an addon's name or live price", access: "operator", status: 200, response: "Any", body: obj({ name: str, unit_price_cents: { ...int, minimum: 0 } }) },
-  "GET /sagas/:id": { summary: "A provisioning saga with per-step progress", access: "scoped", status: 200, response: "SagaEnvelope" },
-  "POST /sagas/:id/retry": { summary: "Retry a compensation_failed saga", access: "operator", status: 202, response: "SagaEnvelope" },
+  "GET /sagas": {
+    summary: "Sagas of every kind, newest first (keyset pagination)", access: "operator", status: 200, response: "SagaList",
+    query: { status: { enum: SAGA_STATUSES }, kind: { enum: SAGA_KINDS }, deployment_id: { ...str, format: "uuid" }, tenant_id: str, limit: { ...int, minimum: 1, maximum: 200, default: 50 }, cursor: str },
+  },
+  "GET /sagas/:id": { summary: "A saga (any kind) with per-step progress", access: "scoped", status: 200, response: "SagaEnvelope" },
+  "POST /sagas/:id/retry": {
+    summary: "Retry a compensation_failed saga (compensates again) or a failed one (runs again from its failed step)", access: "operator", status: 202, response: "SagaEnvelope",
+    errors: { "409": "SAGA_NOT_RETRYABLE: the saga is neither failed nor compensation_failed" },
+  },
   "GET /inventory": {
     summary: "Cloud resources", access: "scoped", status: 200, response: "Any",
     query: { deployment_id: str, saga_id: str, status: str, include_destroyed: { type: "boolean" }, tenant_id: { ...str, description: "operators only" }, limit: int, cursor: str },
@@ -67,8 +78,15 @@ const DEPLOYMENT = obj({
   llm_mode: { enum: ["none", "shared", "byok"] }, billing_action_suspended: { type: "boolean" }, template_code: str, template_version: { type: ["string", "null"] },
   inserted_at: { ...str, format: "date-time" }, updated_at: { ...str, format: "date-time" },
 });
-const STEP = obj({ name: str, status: { enum: ["pending", "running", "succeeded", "failed", "compensating", "compensated", "compensation_failed", "skipped"] }, attempts: int, started_at: { type: ["string", "null"] }, finished_at: { type: ["string", "null"] }, error: { type: ["string", "null"] }, output: { type: "object" } });
-const SAGA = obj({ id: str, deployment_id: str, status: { enum: ["running", "succeeded", "compensating", "compensated", "compensation_failed"] }, steps: { type: "array", items: STEP }, started_at: str, finished_at: { type: ["string", "null"] }, error: { type: ["string", "null"] } });
+const TS_OR_NULL = { type: ["string", "null"], format: "date-time" };
+const STEP = obj({
+  name: str, status: { enum: ["pending", "running", "succeeded", "failed", "compensating", "compensated", "compensation_failed", "skipped"] }, attempts: int, started_at: TS_OR_NULL, finished_at: TS_OR_NULL,
+  error: { type: ["string", "null"] }, output: { type: "object" }, compensation_attempts: int, compensation_error: { type: ["string", "null"] }, compensated_at: TS_OR_NULL,
+}, ["name", "status", "attempts", "started_at", "finished_at", "error", "output"]);
+const SAGA = obj({
+  id: { ...str, format: "uuid" }, kind: { enum: SAGA_KINDS }, deployment_id: { ...str, format: "uuid" }, tenant_id: str, status: { enum: SAGA_STATUSES }, steps: { type: "array", items: STEP },
+  started_at: { ...str, format: "date-time" }, finished_at: TS_OR_NULL, error: { type: ["string", "null"] },
+}, ["id", "kind", "deployment_id", "tenant_id", "status", "steps", "started_at", "finished_at", "error"]);
 
 export function openApiDocument(aliases: Record<string, string>) {
   const paths: Record<string, Record<string, unknown>> = {};
@@ -84,6 +102,7 @@ export function openApiDocument(aliases: Record<string, string>) {
     const errors: Record<string, unknown> = { "422": { description: "Invalid input (VALIDATION_ERROR) or transition (INVALID_TRANSITION)", content: { "application/json": { schema: ref("Error") } } } };
     if (doc.access !== "public") errors["401"] = { description: "Missing or bad token", content: { "application/json": { schema: ref("Error") } } };
     if (doc.access === "operator") errors["403"] = { description: "Operators only (platform-admin)", content: { "application/json": { schema: ref("Error") } } };
+    for (const [code, description] of Object.entries(doc.errors ?? {})) errors[code] = { description, content: { "application/json": { schema: ref("Error") } } };
     if (path.includes(":")) errors["404"] = { description: "Absent or another tenant's", content: { "application/json": { schema: ref("Error") } } };
     (paths[oaPath] ??= {})[method.toLowerCase()] = {
       summary: doc.summary,
@@ -115,6 +134,7 @@ export function openApiDocument(aliases: Record<string, string>) {
         DeploymentDetail: obj({ deployment: ref("Deployment"), subscription: { type: ["object", "null"] }, events: { type: "array", items: { type: "object" } }, saga: { oneOf: [ref("Saga"), { type: "null" }] } }, ["deployment", "subscription", "events", "saga"]),
         SubscriptionEnvelope: obj({ subscription: { type: "object" } }, ["subscription"]),
         SagaEnvelope: obj({ saga: ref("Saga") }, ["saga"]),
+        SagaList: list("Saga"),
       },
     },
   };

@@ -1,0 +1,73 @@
+import { step, type SagaKind } from "../engine";
+import { liveDroplets, observedRuntime, setRuntime, waitAction, type Ctx, type KindEnv, type RuntimeStatus } from "./common";
+
+/*
+ * power_off / power_on (SPEC §2, §7): forward only, every step idempotent; a failing step is retried with
+ * backoff, then the saga ends `failed` with the runtime set to what the provider reports.
+ *
+ *   step                   forward
+ *   set_runtime_<moving>   v1.deployments.setRuntime (stopping | starting)
+ *   <type>_droplets        per live droplet (v1.inventory.forDeployment): skip when the provider already reports the
+ *                          target status, else v1.inventory.dropletAction, then v1.inventory.getAction until completed
+ *   update_inventory       v1.inventory.updateResource status ← what the provider reports (off | active)
+ *   set_runtime_<done>     v1.deployments.setRuntime (stopped | running)
+ */
+function powerKind(type: "power_off" | "power_on"): SagaKind<KindEnv> {
+  const target = type === "power_off" ? "off" : "active";
+  const [moving, done]: RuntimeStatus[] = type === "power_off" ? ["stopping", "stopped"] : ["starting", "running"];
+  return {
+    kind: type,
+    onFailure: "forward",
+    steps: [
+      step(`set_runtime_${moving}`, "v1.deployments.setRuntime", async (ctx) => void (await setRuntime(ctx, moving))),
+      step(`${type}_droplets`, "v1.inventory.dropletAction", (ctx) => powerDroplets(ctx, type, target)),
+      step("update_inventory", "v1.inventory.updateResource", async (ctx) => {
+        const updated: { resource_id: string; status: string }[] = [];
+        for (const r of await liveDroplets(ctx)) {
+          const { droplet } = await ctx.call("v1.inventory.getDroplet", { id: Number(r.external_id) });
+          if (droplet.status !== target) throw new Error(`droplet ${r.external_id} is ${droplet.status}, not ${target}`);
+          await ctx.call("v1.inventory.updateResource", { id: r.id, status: droplet.status });
+          updated.push({ resource_id: r.id, status: droplet.status });
+        }
+        return { resources: updated };
+      }),
+      step(`set_runtime_${done}`, "v1.deployments.setRuntime", async (ctx) => void (await setRuntime(ctx, done))),
+    ],
+    async onEnd(ctx, status) {
+      if (status === "failed") await setRuntime(ctx, await observedRuntime(ctx, "none"));
+    },
+  };
+}
+
+/**
+ * One action per droplet not yet at the target. The action id is recorded before it is waited on: a resumed step
+ * waits on that action instead of sending another (one errored is sent again, which is what a retry is for).
+ */
+async function powerDroplets(ctx: Ctx, type: "power_off" | "power_on", target: string) {
+  const done: Record<string, { action_id: number | null; status: string }> = { ...(ctx.step.output?.droplets ?? {}) };
+  for (const r of await liveDroplets(ctx)) {
+    const id = Number(r.external_id);
+    const { droplet } = await ctx.call("v1.inventory.getDroplet", { id });
+    if (droplet.status === target) {
+      done[id] = { action_id: done[id]?.action_id ?? null, status: droplet.status };
+      continue;
+    }
+    let actionId: number | null = done[id]?.action_id ?? null;
+    if (actionId !== null) {
+      const { action } = await ctx.call("v1.inventory.getAction", { id: actionId }).catch(() => ({ action: { status: "errored" } }));
+      if (action.status === "errored") actionId = null;
+    }
+    if (actionId === null) {
+      const { action } = await ctx.call("v1.inventory.dropletAction", { id, type });
+      actionId = action.id as number;
+      done[id] = { action_id: actionId, status: "in-progress" };
+      await ctx.recordIntent({ droplets: done });
+    }
+    await waitAction(ctx, actionId);
+    done[id] = { action_id: actionId, status: target };
+  }
+  return { droplets: done };
+}
+
+export const powerOff = powerKind("power_off");
+export const powerOn = powerKind("power_on");
