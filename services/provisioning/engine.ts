@@ -157,6 +157,7 @@ const LOCK_DEPLOYMENT = `select pg_advisory_xact_lock(7207, hashtext(?))`;
 export class SagaEngine<Env = any> {
   private readonly driving = new Set<string>();
   private readonly lost = new Set<string>();
+  private readonly leaseTimers = new Set<NodeJS.Timeout>();
   private readonly kinds: Map<string, { def: SagaKind<Env>; steps: Map<string, StepDef<Env>> }>;
   private sweepTimer?: NodeJS.Timeout;
   private stopped = false;
@@ -202,6 +203,8 @@ export class SagaEngine<Env = any> {
     clearTimeout(this.sweepTimer);
     const deadline = Date.now() + 5000;
     while (this.driving.size && Date.now() < deadline) await sleep(20);
+    for (const t of this.leaseTimers) clearInterval(t);
+    this.leaseTimers.clear();
   }
 
   /**
@@ -425,7 +428,8 @@ export class SagaEngine<Env = any> {
   private keepLease(id: string): () => void {
     let busy = false;
     const timer = setInterval(() => {
-      if (busy) return;
+      // A stopped engine holds nothing: the sweep of another node takes its sagas over once their lease lapses.
+      if (busy || this.stopped) return;
       busy = true;
       this.renew(id)
         .catch((err) => {
@@ -433,8 +437,10 @@ export class SagaEngine<Env = any> {
         })
         .finally(() => (busy = false));
     }, Math.max(10, Math.floor(this.settings.leaseMs / 3)));
+    this.leaseTimers.add(timer);
     return () => {
       clearInterval(timer);
+      this.leaseTimers.delete(timer);
       this.lost.delete(id);
     };
   }
