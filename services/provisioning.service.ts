@@ -2,8 +2,8 @@ import { randomUUID } from "node:crypto";
 import type { ServiceSchema } from "moleculer";
 import { Saga, SagaStep, CompensationRequest, SAGA_STATUSES, type SagaStatus, type StepStatus } from "../entities/saga";
 import { DbMixin } from "../lib/db";
-import { currentUser, requireOperator, visibleTo, type ActionCtx } from "../lib/access";
-import { conflict, notFound } from "../lib/errors";
+import { currentUser, visibleTo, type ActionCtx } from "../lib/access";
+import { conflict, invalid, notFound } from "../lib/errors";
 import { SagaEngine, sagaDto, type EngineSettings, type SagaKind, type StartParams } from "./provisioning/engine";
 import { KINDS, type KindEnv } from "./provisioning/kinds";
 
@@ -75,8 +75,9 @@ const ProvisioningService: ServiceSchema<any> = {
      * `{deployment_id, tenant_id, slug, region, requested_by}`) get a provision saga and the bare SagaDto back.
      */
     start: {
+      // Scoped: deployments asks on behalf of the caller; a tenant may only start its own tenant's sagas.
+      access: "scoped",
       visibility: "public",
-      access: "internal",
       params: {
         id: { ...UUID_PARAM, optional: true },
         kind: { type: "string", min: 1, max: 64, optional: true },
@@ -88,8 +89,8 @@ const ProvisioningService: ServiceSchema<any> = {
         region: { type: "string", optional: true },
       },
       async handler(this: any, ctx: ActionCtx<Partial<StartParams> & LegacyStart & { deployment_id: string; tenant_id: string }>) {
-        currentUser(ctx);
         const p = ctx.params;
+        if (!visibleTo(currentUser(ctx), p.tenant_id)) throw invalid("'tenant_id' must be your own tenant", [{ field: "tenant_id" }]);
         const legacy = !p.id;
         const input = { ...(p.input ?? {}), ...(p.slug ? { slug: p.slug } : {}), ...(p.region ? { region: p.region } : {}) };
         const saga = await this.engine.create({ id: p.id ?? randomUUID(), kind: p.kind ?? "provision", deployment_id: p.deployment_id, tenant_id: p.tenant_id, input, requested_by: p.requested_by }, ctx.requestID);
@@ -108,7 +109,6 @@ const ProvisioningService: ServiceSchema<any> = {
       access: "operator",
       params: { id: "string" },
       async handler(this: any, ctx: ActionCtx<{ id: string }>) {
-        requireOperator(ctx);
         const saga = await this.visibleSaga(ctx, ctx.params.id);
         if (!(await this.engine.retry(saga.id)))
           throw conflict(`Saga ${saga.id} is ${saga.status}; only failed and compensation_failed sagas can be retried`, "SAGA_NOT_RETRYABLE", { status: saga.status });
@@ -128,15 +128,14 @@ const ProvisioningService: ServiceSchema<any> = {
         cursor: { type: "string", max: 200, optional: true },
       },
       async handler(this: any, ctx: ActionCtx<ListParams>) {
-        requireOperator(ctx);
         const { limit, cursor, ...filters } = ctx.params;
         return this.engine.list({ ...filters, limit: limit ?? 50, cursor: cursor || undefined });
       },
     },
     /** The deployment's newest saga (any kind), or null. */
     forDeployment: {
+      access: "scoped",
       visibility: "public",
-      access: "internal",
       params: { deployment_id: "string" },
       async handler(this: any, ctx: ActionCtx<{ deployment_id: string }>) {
         const user = currentUser(ctx);
@@ -145,16 +144,14 @@ const ProvisioningService: ServiceSchema<any> = {
       },
     },
     confirmCompensation: {
-      visibility: "public",
       access: "internal",
+      visibility: "public",
       params: { request_id: "uuid", ok: "boolean", error: { type: "string", optional: true } },
       async handler(this: any, ctx: ActionCtx<{ request_id: string; ok: boolean; error?: string }>) {
-        currentUser(ctx);
         return { accepted: await this.engine.confirm(ctx.params.request_id, ctx.params.ok, ctx.params.error) };
       },
     },
-    // `access` is read by the gateway's access middleware (lib/access); the cast keeps it until its types land.
-  } as ServiceSchema<any>["actions"],
+  },
 
   methods: {
     async visibleSaga(ctx: ActionCtx<unknown>, id: string) {

@@ -40,19 +40,19 @@ function powerKind(type: "power_off" | "power_on"): SagaKind<KindEnv> {
 }
 
 /**
- * One action per droplet not yet at the target. The action id is recorded before it is waited on: a resumed step
- * waits on that action instead of sending another (one errored is sent again, which is what a retry is for).
+ * One action per droplet not yet at the target. The action id is recorded (`action_<droplet id>`) before it is
+ * waited on: a resumed step waits on that action instead of sending another (an errored one is sent again, which
+ * is what a retry is for).
  */
 async function powerDroplets(ctx: Ctx, type: "power_off" | "power_on", target: string) {
-  const done: Record<string, { action_id: number | null; status: string }> = { ...(ctx.step.output?.droplets ?? {}) };
+  const out: Record<string, unknown> = { ...(ctx.step.output ?? {}) };
+  const ids: number[] = [];
   for (const r of await liveDroplets(ctx)) {
     const id = Number(r.external_id);
+    ids.push(id);
     const { droplet } = await ctx.call("v1.inventory.getDroplet", { id });
-    if (droplet.status === target) {
-      done[id] = { action_id: done[id]?.action_id ?? null, status: droplet.status };
-      continue;
-    }
-    let actionId: number | null = done[id]?.action_id ?? null;
+    if (droplet.status === target) continue;
+    let actionId = typeof out[`action_${id}`] === "number" ? (out[`action_${id}`] as number) : null;
     if (actionId !== null) {
       const { action } = await ctx.call("v1.inventory.getAction", { id: actionId }).catch(() => ({ action: { status: "errored" } }));
       if (action.status === "errored") actionId = null;
@@ -60,13 +60,12 @@ async function powerDroplets(ctx: Ctx, type: "power_off" | "power_on", target: s
     if (actionId === null) {
       const { action } = await ctx.call("v1.inventory.dropletAction", { id, type });
       actionId = action.id as number;
-      done[id] = { action_id: actionId, status: "in-progress" };
-      await ctx.recordIntent({ droplets: done });
+      out[`action_${id}`] = actionId;
+      await ctx.recordIntent({ [`action_${id}`]: actionId });
     }
     await waitAction(ctx, actionId);
-    done[id] = { action_id: actionId, status: target };
   }
-  return { droplets: done };
+  return { ...out, droplet_ids: ids };
 }
 
 export const powerOff = powerKind("power_off");
