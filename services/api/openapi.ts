@@ -212,7 +212,8 @@ const STEP = obj(
   ["name", "status", "attempts", "started_at", "finished_at", "error", "output"],
 );
 const SAGA = obj(
-  { id: uuid, kind: { enum: SAGA_KINDS }, deployment_id: uuid, tenant_id: str, status: { enum: SAGA_STATUSES }, steps: arr(ref("Step")), started_at: time, finished_at: timeOrNull, error: strOrNull },
+  // A string, not an enum: kinds are lists registered with the engine (a new kind is a new list), these are today's.
+  { id: uuid, kind: { type: "string", description: `the saga's kind: ${SAGA_KINDS.join(", ")}`, examples: SAGA_KINDS }, deployment_id: uuid, tenant_id: str, status: { enum: SAGA_STATUSES }, steps: arr(ref("Step")), started_at: time, finished_at: timeOrNull, error: strOrNull },
   ["id", "kind", "deployment_id", "tenant_id", "status", "steps", "started_at", "finished_at", "error"],
 );
 const PLAN_VERSION = obj({ id: uuid, plan_code: str, version: int, price_cents: cents, currency: str, inserted_at: time });
