@@ -24,6 +24,9 @@ export interface LiveResource {
   ipv4?: string | null;
 }
 
+/** The provider's 404 (inventory passes DigitalOcean's refusals on as 502 PROVIDER_ERROR with its status in data). */
+export const isGone = (err: any) => err?.code === 404 || err?.data?.status === 404;
+
 export const sagaTag = (sagaId: string) => `saga-${sagaId}`;
 export const deploymentTag = (deploymentId: string) => `deployment-${deploymentId}`;
 
@@ -87,7 +90,7 @@ export async function observedRuntime(ctx: KindContext<KindEnv>, empty: RuntimeS
       const { droplet } = await ctx.call("v1.inventory.getDroplet", { id: Number(r.external_id) });
       statuses.push(droplet.status);
     } catch (err: any) {
-      if (err?.code !== 404) throw err;
+      if (!isGone(err)) throw err;
     }
   }
   if (!statuses.length) return empty;

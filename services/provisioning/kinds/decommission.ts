@@ -1,5 +1,5 @@
 import { step, type SagaKind } from "../engine";
-import { deploymentTag, liveDroplets, observedRuntime, setRuntime, type KindEnv } from "./common";
+import { deploymentTag, isGone, liveDroplets, observedRuntime, setRuntime, type KindEnv } from "./common";
 
 /*
  * decommission (SPEC §2 "archived", §7): forward only, every step idempotent; nothing of the deployment is left at
@@ -29,7 +29,7 @@ export const decommission: SagaKind<KindEnv> = {
         ids.push(id);
         // Absent already (destroyed by tag, or by someone else) is what we want.
         await ctx.call("v1.inventory.destroyDroplet", { id }).catch((err: any) => {
-          if (err?.code !== 404) throw err;
+          if (!isGone(err)) throw err;
         });
       }
       const { droplets } = await ctx.call("v1.inventory.dropletsByTag", { tag });
