@@ -22,14 +22,14 @@ function powerKind(type: "power_off" | "power_on"): SagaKind<KindEnv> {
       step(`set_runtime_${moving}`, "v1.deployments.setRuntime", async (ctx) => void (await setRuntime(ctx, moving))),
       step(`${type}_droplets`, "v1.inventory.dropletAction", (ctx) => powerDroplets(ctx, type, target)),
       step("update_inventory", "v1.inventory.updateResource", async (ctx) => {
-        const updated: { resource_id: string; status: string }[] = [];
+        const ids: string[] = [];
         for (const r of await liveDroplets(ctx)) {
           const { droplet } = await ctx.call("v1.inventory.getDroplet", { id: Number(r.external_id) });
           if (droplet.status !== target) throw new Error(`droplet ${r.external_id} is ${droplet.status}, not ${target}`);
           await ctx.call("v1.inventory.updateResource", { id: r.id, status: droplet.status });
-          updated.push({ resource_id: r.id, status: droplet.status });
+          ids.push(r.id);
         }
-        return { resources: updated };
+        return { resource_ids: ids, status: target };
       }),
       step(`set_runtime_${done}`, "v1.deployments.setRuntime", async (ctx) => void (await setRuntime(ctx, done))),
     ],
