@@ -1,4 +1,4 @@
-import { step, type SagaKind } from "../engine";
+import { isTransient, step, type SagaKind } from "../engine";
 import { liveDroplets, observedRuntime, setRuntime, waitAction, type Ctx, type KindEnv, type RuntimeStatus } from "./common";
 
 /*
@@ -57,9 +57,22 @@ async function powerDroplets(ctx: Ctx, type: "power_off" | "power_on", target: s
       const { action } = await ctx.call("v1.inventory.getAction", { id: actionId }).catch(() => ({ action: { status: "errored" } }));
       if (action.status === "errored") actionId = null;
     }
+    // In doubt (a crash before the id was recorded, a lost answer): the provider's own list of the droplet's actions
+    // tells whether one of this type is still under way — it is waited on, not sent again.
+    const inFlight = async (): Promise<number | null> => {
+      const { actions } = await ctx.call("v1.inventory.dropletActions", { id });
+      const found = (actions as { id: number; type: string; status: string }[]).find((a) => a.type === type && a.status === "in-progress");
+      return found ? found.id : null;
+    };
+    if (actionId === null) actionId = await inFlight();
     if (actionId === null) {
-      const { action } = await ctx.call("v1.inventory.dropletAction", { id, type });
-      actionId = action.id as number;
+      try {
+        actionId = (await ctx.call("v1.inventory.dropletAction", { id, type })).action.id as number;
+      } catch (err) {
+        if (!isTransient(err) || (actionId = await inFlight()) === null) throw err;
+      }
+    }
+    if (out[`action_${id}`] !== actionId) {
       out[`action_${id}`] = actionId;
       await ctx.recordIntent({ [`action_${id}`]: actionId });
     }
