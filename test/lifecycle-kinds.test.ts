@@ -1,7 +1,6 @@
 import { randomUUID } from "node:crypto";
 import type { ServiceBroker } from "moleculer";
 import { startSimulator, type Simulator } from "../sim/simulator";
-import { ALL_SERVICES } from "../services";
 import { apiUrl, asAdmin, client, startNode, token, uniq, waitFor } from "./helpers";
 
 /*
@@ -10,18 +9,10 @@ import { apiUrl, asAdmin, client, startNode, token, uniq, waitFor } from "./help
  * serialisation per deployment, and a forward-only saga that fails on an errored action and is retried.
  */
 
-/**
- * The inventory's droplet actions come from another branch (do-actions); until they are in this tree the suite has
- * nothing to run against and says so instead of failing. LIFECYCLE_KINDS_E2E=1 forces it.
- */
-const actionsHere = JSON.stringify(Object.keys({ ...((ALL_SERVICES.inventory as any).actions ?? {}), ...Object.assign({}, ...((ALL_SERVICES.inventory as any).mixins ?? []).map((m: any) => m.actions ?? {})) })).includes("dropletAction");
-const suite = actionsHere || process.env.LIFECYCLE_KINDS_E2E === "1" ? describe : describe.skip;
-if (suite === describe.skip) console.warn("lifecycle-kinds: v1.inventory.dropletAction is not in this tree yet; suite skipped");
-
 const DOMAIN = "apps.arcadia.test";
 const FINAL = ["succeeded", "failed", "compensated", "compensation_failed"];
 
-suite("lifecycle kinds against the simulator", () => {
+describe("lifecycle kinds against the simulator", () => {
 let sim: Simulator;
 let broker: ServiceBroker;
 let base: string;
@@ -136,6 +127,17 @@ test("an action that errors is retried, then the saga is failed; an operator ret
   expect(done.status).toBe("succeeded");
   expect(await dropletStatus(d.dropletId)).toBe("off");
   expect((await inventoryOf(d.id)).map((r: any) => r.status)).toEqual(["off"]);
+}, 60_000);
+
+test("a power action whose answer is lost is found in the droplet's action list and waited on, not sent again", async () => {
+  const d = await provisioned();
+  await simFault({ operation: "droplets.actions.create", mode: "lose_response" });
+  const done = await settled((await start(d, "power_off")).id);
+  expect(done.status).toBe("succeeded");
+  expect(await dropletStatus(d.dropletId)).toBe("off");
+  const { actions } = await broker.call<any, any>("v1.inventory.dropletActions", { id: d.dropletId }, asAdmin);
+  expect(actions.filter((a: any) => a.type === "power_off")).toHaveLength(1);
+  expect(stepsOf(done).power_off_droplets.output[`action_${d.dropletId}`]).toBe(actions.find((a: any) => a.type === "power_off").id);
 }, 60_000);
 
 test("decommission: no droplet and no A record left at the provider, inventory rows destroyed; a second one finds nothing to do", async () => {
