@@ -161,6 +161,7 @@ export class SagaEngine<Env = any> {
   private readonly kinds: Map<string, { def: SagaKind<Env>; steps: Map<string, StepDef<Env>> }>;
   private sweepTimer?: NodeJS.Timeout;
   private stopped = false;
+  private halted = false;
   private readonly user = systemUser("provisioning");
 
   constructor(
@@ -203,6 +204,8 @@ export class SagaEngine<Env = any> {
     clearTimeout(this.sweepTimer);
     const deadline = Date.now() + 5000;
     while (this.driving.size && Date.now() < deadline) await sleep(20);
+    // What is still driving after the grace period (a call that never returns) may write nothing more.
+    this.halted = true;
     for (const t of this.leaseTimers) clearInterval(t);
     this.leaseTimers.clear();
   }
@@ -429,7 +432,7 @@ export class SagaEngine<Env = any> {
     let busy = false;
     const timer = setInterval(() => {
       // A stopped engine holds nothing: the sweep of another node takes its sagas over once their lease lapses.
-      if (busy || this.stopped) return;
+      if (busy || this.halted) return;
       busy = true;
       this.renew(id)
         .catch((err) => {
@@ -644,6 +647,8 @@ export class SagaEngine<Env = any> {
    * not know yet) cannot record anything, nor start a step's forward call, which comes after the `running` write.
    */
   private async updateStep(step: SagaStep, patch: Partial<SagaStep>) {
+    // A stopped engine records nothing more: it no longer renews its leases, so another node may own the saga now.
+    if (this.halted) throw new LeaseLost(step.saga_id);
     const cols = Object.keys(patch) as (keyof SagaStep & string)[];
     const json = (c: string) => c === "output" || c === "compensate_input";
     const sets = cols.map((c) => (json(c) ? `${c} = ?::jsonb` : `${c} = ?`)).join(", ");
