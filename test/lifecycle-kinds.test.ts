@@ -1,7 +1,8 @@
 import { randomUUID } from "node:crypto";
 import type { ServiceBroker } from "moleculer";
 import { startSimulator, type Simulator } from "../sim/simulator";
-import { apiUrl, asAdmin, client, startNode, token, uniq, waitFor } from "./helpers";
+import { Errors } from "moleculer";
+import { actionFaults, apiUrl, asAdmin, client, startNode, token, uniq, waitFor } from "./helpers";
 
 /*
  * The lifecycle kinds (SPEC §2 "What a move does", §7) against the simulator, started directly through
@@ -17,11 +18,13 @@ let sim: Simulator;
 let broker: ServiceBroker;
 let base: string;
 let operator: ReturnType<typeof client>;
+const faults = actionFaults();
 
 beforeAll(async () => {
   sim = await startSimulator({ port: 0, activeAfterMs: 50, actionMs: 100 } as any);
   const provider = { doApiUrl: sim.url, doMaxRetries: 0, doBackoffMs: 5 };
   broker = await startNode(["api", "deployments", "subscriptions", "inventory", "dns", "provisioning"], {
+    middlewares: [faults.middleware],
     settings: {
       inventory: provider,
       dns: { ...provider, dnsDomain: DOMAIN },
@@ -36,6 +39,7 @@ afterAll(async () => {
   await sim.close();
 });
 afterEach(async () => {
+  faults.clear();
   await fetch(`${sim.url}/v2/_sim/faults`, { method: "DELETE" });
 });
 
@@ -62,8 +66,8 @@ async function provisioned() {
   expect(droplets).toHaveLength(1);
   return { api, tenant, id, fqdn: `${slug}.${tenant}.${DOMAIN}`, dropletId: droplets[0].id as number };
 }
-const start = (d: { id: string; tenant: string }, kind: string, id = randomUUID()) =>
-  broker.call<any, any>("v1.provisioning.start", { id, kind, deployment_id: d.id, tenant_id: d.tenant, input: {}, requested_by: "pat" }, asAdmin).then((r) => r.saga);
+const start = (d: { id: string; tenant: string }, kind: string, id = randomUUID(), input: Record<string, unknown> = {}) =>
+  broker.call<any, any>("v1.provisioning.start", { id, kind, deployment_id: d.id, tenant_id: d.tenant, input, requested_by: "pat" }, asAdmin).then((r) => r.saga);
 const dropletStatus = async (id: number) => (await simState()).droplets.find((d) => d.id === id)?.status;
 const inventoryOf = async (deploymentId: string) => (await operator.get(`/inventory?deployment_id=${deploymentId}&include_destroyed=true`)).body.items;
 /** The deployment's runtime, where the deployments service has one (SPEC §2). */
@@ -158,5 +162,27 @@ test("decommission: no droplet and no A record left at the provider, inventory r
   const again = await settled((await start(d, "decommission")).id);
   expect(again.status).toBe("succeeded");
   expect(stepsOf(again).remove_dns.output).toEqual({ fqdn: null, removed: false });
+}, 60_000);
+
+test("resize: powered off, resized, powered on; inventory's size and price follow", async () => {
+  const d = await provisioned();
+  const done = await settled((await start(d, "resize", randomUUID(), { size: "s-2vcpu-2gb" })).id);
+  expect(done).toMatchObject({ kind: "resize", status: "succeeded" });
+  const droplet = (await simState()).droplets.find((x) => x.id === d.dropletId);
+  expect(droplet).toMatchObject({ status: "active", size_slug: "s-2vcpu-2gb" });
+  expect((await inventoryOf(d.id)).map((r: any) => [r.size_slug, r.monthly_cost_cents, r.status])).toEqual([["s-2vcpu-2gb", 1800, "active"]]);
+}, 60_000);
+
+test("resize: a failure after the resize puts the droplet back to its size, powered on", async () => {
+  const d = await provisioned();
+  faults.fail("v1.inventory.updateResource", () => new Errors.MoleculerError("inventory refused", 409, "REFUSED"), 1);
+  const done = await settled((await start(d, "resize", randomUUID(), { size: "s-2vcpu-2gb" })).id);
+  expect(done.status).toBe("compensated");
+  expect(stepsOf(done).update_inventory_size.status).toBe("failed");
+  expect(stepsOf(done).resize_droplets.status).toBe("compensated");
+  expect(stepsOf(done).snapshot_droplets).toMatchObject({ status: "compensated", compensation_attempts: 1 });
+  const droplet = (await simState()).droplets.find((x) => x.id === d.dropletId);
+  expect(droplet).toMatchObject({ status: "active", size_slug: "s-1vcpu-1gb" });
+  expect((await inventoryOf(d.id)).map((r: any) => [r.size_slug, r.monthly_cost_cents, r.status])).toEqual([["s-1vcpu-1gb", 600, "active"]]);
 }, 60_000);
 });

@@ -7,7 +7,7 @@ import { provision } from "../services/provisioning/kinds/provision";
 const ENV = { activeTimeoutMs: 1, pollMs: 1, actionTimeoutMs: 1, defaultSize: "s-def", defaultImage: "img-def" };
 
 test("the registered kinds and their step lists", () => {
-  expect(KINDS.map((k) => [k.kind, k.onFailure])).toEqual([["provision", "compensate"], ["power_off", "forward"], ["power_on", "forward"], ["decommission", "forward"]]);
+  expect(KINDS.map((k) => [k.kind, k.onFailure])).toEqual([["provision", "compensate"], ["power_off", "forward"], ["power_on", "forward"], ["decommission", "forward"], ["resize", "compensate"]]);
   for (const k of KINDS) {
     expect(new Set(k.steps.map((s) => s.name)).size).toBe(k.steps.length);
     for (const s of k.steps) expect(s.forward).toMatch(/^v1\.\w+\.\w+$/);
