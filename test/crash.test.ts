@@ -1,7 +1,8 @@
+import { randomUUID } from "node:crypto";
 import { Client } from "pg";
 import type { ServiceBroker } from "moleculer";
 import { startSimulator, type Simulator } from "../sim/simulator";
-import { apiUrl, client, newNamespace, startNode, token, uniq, waitFor } from "./helpers";
+import { apiUrl, asAdmin, client, newNamespace, startNode, token, uniq, waitFor } from "./helpers";
 import { ensureBuilt, killAll, spawnNode, type NodeProcess } from "./processes";
 
 /*
@@ -326,8 +327,8 @@ test("(e) kill -9 during a power-off (the action sent, its end awaited): the res
   await expectOutcome(p, "succeeded");
   const [droplet] = await dropletsTagged(`saga-${p.sagaId}`);
   await simFault({ operation: "actions.get", mode: "delay", delay_ms: 1500, count: -1 });
-  const id = (await import("node:crypto")).randomUUID();
-  const meta = { meta: { user: { sub: "system:test", tenant_id: null, roles: ["platform-admin"], operator: true } } };
+  const id = randomUUID();
+  const meta = asAdmin;
   const started = await gateway.call<any, any>("v1.provisioning.start", { id, kind: "power_off", deployment_id: p.deploymentId, tenant_id: p.tenant, input: {} }, meta);
   expect(started.saga).toMatchObject({ id, kind: "power_off" });
   await waitFor(async () => {
