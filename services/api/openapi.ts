@@ -11,6 +11,10 @@ interface RouteDoc {
   query?: Record<string, Schema>;
   status: number;
   response: string;
+  /** Other success statuses and their schemas. */
+  extra?: Record<string, string>;
+  /** Route-specific error statuses (type names) beyond the generic ones. */
+  errors?: Record<string, string>;
 }
 
 const str = { type: "string" };
@@ -30,10 +34,30 @@ export const ROUTE_DOCS: Record<string, RouteDoc> = {
   },
   "POST /deployments": {
     summary: "Create a deployment (201); with provision: true, 202 with the provisioning saga", status: 201, response: "DeploymentCreated",
-    body: obj({ slug: { ...str, pattern: "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$" }, display_name: str, region: str, state: { enum: ["active", "trial"] }, llm_mode: { enum: ["none", "shared", "byok"] }, billing_action_suspended: { type: "boolean" }, template_code: str, template_version: { type: ["string", "null"] }, tenant_id: { ...str, description: "operators only" }, provision: { type: "boolean" } }, ["slug"]),
+    body: obj({ slug: { ...str, pattern: "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$" }, display_name: str, region: str, state: { enum: ["active", "trial"] }, llm_mode: { enum: ["none", "shared", "byok"] }, billing_action_suspended: { type: "boolean", description: "operators only (403 for tenants)" }, template_code: str, template_version: { type: ["string", "null"] }, tenant_id: { ...str, description: "operators only" }, provision: { type: "boolean" } }, ["slug"]),
+    extra: { "202": "DeploymentCreated" },
+    errors: { "403": "FORBIDDEN: billing_action_suspended is set by operators only", "409": "SLUG_TAKEN" },
   },
   "GET /deployments/:id": { summary: "A deployment with subscription (and addons), events (oldest first) and provisioning saga", status: 200, response: "DeploymentDetail" },
-  "POST /deployments/:id/transition": { summary: "Move a deployment to another state (SPEC §2 table)", status: 200, response: "DeploymentEnvelope", body: obj({ to_state: { enum: STATES }, reason: str, notes: str }, ["to_state"]) },
+  "POST /deployments/:id/transition": {
+    summary: "Move a deployment to another state (SPEC §2 table); the lifecycle saga it started, or null", status: 200, response: "DeploymentMove",
+    body: obj({ to_state: { enum: STATES }, reason: str, notes: { type: ["string", "null"] } }, ["to_state"]),
+    errors: { "403": "BILLING_CONTROLLED (data: {from, to}): billing-controlled moves are for billing and operators", "409": "SUBSCRIPTION_REQUIRED, PAYMENT_REQUIRED or CONCURRENT_UPDATE" },
+  },
+  "PATCH /deployments/:id": {
+    summary: "Change display_name; billing_action_suspended (operators only)", status: 200, response: "DeploymentEnvelope",
+    body: obj({ display_name: str, billing_action_suspended: { type: "boolean" } }),
+    errors: { "403": "FORBIDDEN: billing_action_suspended is set by operators only" },
+  },
+  "DELETE /deployments/:id": {
+    summary: "Cancel (unless cancelled) and archive, decommissioning its cloud resources: 202 with the decommission saga; 200 with saga null when it has none or is already archived", status: 202, response: "DeploymentMove",
+    extra: { "200": "DeploymentMove" },
+    errors: { "409": "PROVISIONING_IN_PROGRESS" },
+  },
+  "POST /deployments/:id/provision": {
+    summary: "Provision an existing deployment without a live droplet (active, trial or cancelled): 202 with the provision saga", status: 202, response: "DeploymentMove",
+    errors: { "409": "ALREADY_PROVISIONED (it has a live droplet) or PAYMENT_REQUIRED", "403": "BILLING_CONTROLLED" },
+  },
   "POST /deployments/:id/subscribe": {
     summary: "Subscribe to a plan's newest version, addons snapshotted", status: 201, response: "SubscriptionEnvelope",
     body: obj({ plan_code: str, addons: { type: "array", items: obj({ code: str, qty: { ...int, minimum: 1 } }, ["code", "qty"]) } }, ["plan_code"]),
@@ -67,9 +91,14 @@ const DEPLOYMENT = obj({
   id: { ...str, format: "uuid" }, tenant_id: str, slug: str, display_name: str, region: str, state: { enum: STATES }, state_since: { ...str, format: "date-time" },
   llm_mode: { enum: ["none", "shared", "byok"] }, billing_action_suspended: { type: "boolean" }, template_code: str, template_version: { type: ["string", "null"] },
   inserted_at: { ...str, format: "date-time" }, updated_at: { ...str, format: "date-time" },
-});
+  trial_ends_at: { type: ["string", "null"], format: "date-time" },
+  runtime: obj({
+    status: { enum: ["none", "starting", "running", "stopping", "stopped", "destroying", "destroyed"] }, droplet_id: { type: ["integer", "null"] },
+    ipv4: { type: ["string", "null"] }, hostname: { type: ["string", "null"] },
+  }, ["status", "droplet_id", "ipv4", "hostname"]),
+}, ["id", "tenant_id", "slug", "state", "runtime"]);
 const STEP = obj({ name: str, status: { enum: ["pending", "running", "succeeded", "failed", "compensating", "compensated", "compensation_failed", "skipped"] }, attempts: int, started_at: { type: ["string", "null"] }, finished_at: { type: ["string", "null"] }, error: { type: ["string", "null"] }, output: { type: "object" } });
-const SAGA = obj({ id: str, deployment_id: str, status: { enum: ["running", "succeeded", "compensating", "compensated", "compensation_failed"] }, steps: { type: "array", items: STEP }, started_at: str, finished_at: { type: ["string", "null"] }, error: { type: ["string", "null"] } });
+const SAGA = obj({ id: str, kind: { enum: ["provision", "power_off", "power_on", "decommission", "resize"] }, deployment_id: str, tenant_id: str, status: { enum: ["running", "succeeded", "failed", "compensating", "compensated", "compensation_failed"] }, steps: { type: "array", items: STEP }, started_at: str, finished_at: { type: ["string", "null"] }, error: { type: ["string", "null"] } });
 
 /**
  * `accessOf(action)` is the action's own `access` declaration (read from the service registry, local or remote):
@@ -99,7 +128,12 @@ export function openApiDocument(aliases: Record<string, string>, accessOf: (acti
       ...(access === "public" ? { security: [] } : {}),
       ...(params.length ? { parameters: params } : {}),
       ...(doc.body ? { requestBody: { required: true, content: { "application/json": { schema: doc.body } } } } : {}),
-      responses: { [String(doc.status)]: { description: "OK", content: { "application/json": { schema: ref(doc.response) } } }, ...errors },
+      responses: {
+        [String(doc.status)]: { description: "OK", content: { "application/json": { schema: ref(doc.response) } } },
+        ...Object.fromEntries(Object.entries(doc.extra ?? {}).map(([code, schema]) => [code, { description: "OK", content: { "application/json": { schema: ref(schema) } } }])),
+        ...errors,
+        ...Object.fromEntries(Object.entries(doc.errors ?? {}).map(([code, description]) => [code, { description, content: { "application/json": { schema: ref("Error") } } }])),
+      },
     };
   }
   return {
@@ -118,6 +152,7 @@ export function openApiDocument(aliases: Record<string, string>, accessOf: (acti
         Saga: SAGA,
         DeploymentEnvelope: obj({ deployment: ref("Deployment") }, ["deployment"]),
         DeploymentCreated: obj({ deployment: ref("Deployment"), saga: ref("Saga") }, ["deployment"]),
+        DeploymentMove: obj({ deployment: ref("Deployment"), saga: { oneOf: [ref("Saga"), { type: "null" }] } }, ["deployment", "saga"]),
         DeploymentList: list("Deployment"),
         DeploymentDetail: obj({ deployment: ref("Deployment"), subscription: { type: ["object", "null"] }, events: { type: "array", items: { type: "object" } }, saga: { oneOf: [ref("Saga"), { type: "null" }] } }, ["deployment", "subscription", "events", "saga"]),
         SubscriptionEnvelope: obj({ subscription: { type: "object" } }, ["subscription"]),
