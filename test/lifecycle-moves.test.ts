@@ -186,7 +186,7 @@ describe("DELETE /deployments/:id", () => {
     expect((await api.post(`/deployments/${d.id}/subscribe`, { plan_code: "studio" })).status).toBe(201);
     const res = await fetch(`${base}/deployments/${d.id}`, { method: "DELETE", headers: { authorization: `Bearer ${await token({ tenant: d.tenant_id, sub: "carol" })}` } });
     expect(res.status).toBe(200);
-    const body = await res.json();
+    const body: any = await res.json();
     expect(body).toEqual({ deployment: expect.objectContaining({ state: "archived" }), saga: null });
     const evs = await events(api, d.id);
     expect(evs.slice(1)).toEqual([
@@ -196,7 +196,7 @@ describe("DELETE /deployments/:id", () => {
     await waitFor(async () => (await api.get(`/deployments/${d.id}`)).body.subscription?.status === "cancelled", { what: "subscription cancelled" });
     const again = await fetch(`${base}/deployments/${d.id}`, { method: "DELETE", headers: { authorization: `Bearer ${await token({ tenant: d.tenant_id })}` } });
     expect(again.status).toBe(200);
-    expect((await again.json()).saga).toBeNull();
+    expect(((await again.json()) as any).saga).toBeNull();
     expect(await events(api, d.id)).toHaveLength(3);
   });
 
@@ -208,7 +208,7 @@ describe("DELETE /deployments/:id", () => {
     expect((await api.post(`/deployments/${d.id}/transition`, { to_state: "cancelled" })).body.saga).toBeNull(); // already off
     const res = await fetch(`${base}/deployments/${d.id}`, { method: "DELETE", headers: { authorization: `Bearer ${tok}` } });
     expect(res.status).toBe(202);
-    const body = await res.json();
+    const body: any = await res.json();
     expect(body.deployment).toMatchObject({ state: "archived", runtime: { status: "destroying" } });
     expect(body.saga).toMatchObject({ kind: "decommission", deployment_id: d.id });
     expect((await events(api, d.id)).map((e: any) => e.to_state)).toEqual(["active", "cancelled", "archived"]);
@@ -221,7 +221,7 @@ describe("DELETE /deployments/:id", () => {
     await pg.query("update deployments set state = 'provisioning' where id = $1", [d.id]);
     const res = await fetch(`${base}/deployments/${d.id}`, { method: "DELETE", headers: { authorization: `Bearer ${await token({ tenant })}` } });
     expect(res.status).toBe(409);
-    expect((await res.json()).type).toBe("PROVISIONING_IN_PROGRESS");
+    expect(((await res.json()) as any).type).toBe("PROVISIONING_IN_PROGRESS");
     const other = await fetch(`${base}/deployments/${d.id}`, { method: "DELETE", headers: { authorization: `Bearer ${await token({ tenant: uniq("other") })}` } });
     expect(other.status).toBe(404);
   });
