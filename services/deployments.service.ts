@@ -251,6 +251,9 @@ const DeploymentsService: ServiceSchema<any> = {
       visibility: "public",
       params: { id: { type: "string" }, actor: { type: "string", optional: true }, to_state: { type: "enum", values: ["active", "trial"], optional: true } },
       async handler(this: any, ctx: ActionCtx<IdParams & { actor?: string; to_state?: "active" | "trial" }>) {
+        // Only out of provisioning (a repeat on the activated deployment changes nothing).
+        const d = await this.findVisible(ctx, ctx.params.id);
+        if (d.state !== "provisioning" && d.state !== (ctx.params.to_state ?? "active")) throw new Errors.MoleculerError(`Deployment ${d.id} is ${d.state}, not provisioning`, 409, "NOT_PROVISIONING", { state: d.state });
         return this.transition(ctx, { id: ctx.params.id, to_state: ctx.params.to_state ?? "active", reason: "provisioned", actor: ctx.params.actor }, true);
       },
     },

@@ -19,7 +19,13 @@ export type { MoveFacts };
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 const num = (v: string | undefined, d: number) => (v === undefined || v === "" ? d : Number(v));
-const SYSTEM = { meta: { user: systemUser("deployments") } };
+/**
+ * A call as the system user, through the broker with the caller as parent: `ctx.call(…, {meta: {user}})` would
+ * merge the callee's meta back into the caller's, leaving the caller's context acting as the system user.
+ */
+function asSystem<T = unknown>(ctx: ActionCtx<unknown>, action: string, params: object, opts: Record<string, unknown> = {}): Promise<T> {
+  return ctx.broker.call(action, params, { ...opts, parentCtx: ctx, meta: { user: systemUser("deployments") } }) as Promise<T>;
+}
 
 export interface SetRuntimeParams {
   id: string;
@@ -55,7 +61,7 @@ export interface DeploymentLike {
 export async function trialEndsAt(ctx: ActionCtx<unknown>, days = num(process.env.TRIAL_DAYS, 14)): Promise<Date> {
   let now = new Date();
   try {
-    const res = (await ctx.call("v1.billing.now", {}, { ...SYSTEM, timeout: 5000 })) as { now: string };
+    const res = await asSystem<{ now: string }>(ctx, "v1.billing.now", {}, { timeout: 5000 });
     now = new Date(res.now);
   } catch (err) {
     if (!(err instanceof Errors.ServiceNotFoundError)) throw err;
@@ -217,7 +223,7 @@ export const LifecycleMixin: Partial<ServiceSchema<any>> = {
       const facts: MoveFacts = {};
       const ask = async (action: string, params: object) => {
         try {
-          return await ctx.call(action, params, SYSTEM);
+          return await asSystem(ctx, action, params);
         } catch (err) {
           if (err instanceof Errors.ServiceNotFoundError) return null; // that service is not part of this cluster
           throw err;
@@ -272,7 +278,8 @@ export const LifecycleMixin: Partial<ServiceSchema<any>> = {
     },
 
     startDeps(em: EntityManager, ctx?: ActionCtx<unknown>): StartDeps {
-      const call = ctx ? (a: string, p: unknown, o: any) => ctx.call(a, p, o) : (a: string, p: unknown, o: any) => this.broker.call(a, p, o);
+      // Started as the system user (saga-requests adds meta.user); with the request's ctx as parent for tracing.
+      const call = (a: string, p: unknown, o: any) => this.broker.call(a, p, ctx ? { ...o, parentCtx: ctx } : o);
       return { em, call, timeoutMs: this.settings.sagaStartTimeoutMs, retryMs: Math.max(this.settings.sagaRequestSweepMs, 1000), logger: this.logger };
     },
 
