@@ -17,6 +17,7 @@ const sagas = new Map<string, { id: string; kind: string; deployment_id: string;
 const calls: { id: string; kind: string; at: number }[] = [];
 let mode: "ok" | "refuse" | "lose" = "ok";
 const refuseIds = new Set<string>();
+let refuse422 = false;
 
 const standInEngine = {
   name: "provisioning",
@@ -27,6 +28,7 @@ const standInEngine = {
       handler(ctx: any) {
         const p = ctx.params;
         calls.push({ id: p.id, kind: p.kind, at: Date.now() });
+        if (refuse422) throw new Errors.ValidationError("bad input", "VALIDATION_ERROR", []);
         if (mode === "refuse" || refuseIds.has(p.id)) throw new Errors.MoleculerRetryableError("engine unavailable", 503, "SERVICE_UNAVAILABLE");
         if (!sagas.has(p.id)) sagas.set(p.id, { id: p.id, kind: p.kind, deployment_id: p.deployment_id, input: p.input });
         if (mode === "lose") throw new Errors.RequestTimeoutError({ action: "v1.provisioning.start", nodeID: "x" } as any);
@@ -49,6 +51,7 @@ afterAll(async () => {
 });
 afterEach(() => {
   mode = "ok";
+  refuse422 = false;
   refuseIds.clear();
 });
 
@@ -111,4 +114,21 @@ test("a newer request of a deployment is never sent before an older one was ackn
   expect(sagas.get(pauseId)!.kind).toBe("power_off");
   expect(sagas.get(resume.id)!.kind).toBe("power_on");
   expect(callsOf(resume.id)[0].at).toBeGreaterThanOrEqual(firstOk(pauseId) as number);
+});
+
+test("a provision request the engine refuses as invalid (422) is not retried and its deployment ends cancelled", async () => {
+  const api = client(base, await token({ tenant: uniq("sw"), sub: "ivy" }));
+  refuse422 = true;
+  const res = await api.post("/deployments", { slug: uniq("d"), provision: true });
+  expect(res.status).toBe(202);
+  const id = res.body.saga.id;
+  const d = await waitFor(async () => {
+    const got = (await api.get(`/deployments/${res.body.deployment.id}`)).body;
+    return got.deployment.state === "cancelled" && got;
+  }, { what: "the refused provisioning to be cancelled" });
+  expect(d.events.at(-1)).toMatchObject({ from_state: "provisioning", to_state: "cancelled", reason: "provisioning_refused", actor: "ivy" });
+  expect((await row(id)).last_error).toMatch(/^refused/);
+  const n = callsOf(id).length;
+  await new Promise((r) => setTimeout(r, 700));
+  expect(callsOf(id).length).toBe(n);
 });

@@ -1,13 +1,13 @@
 import { LockMode } from "@mikro-orm/core";
 import type { EntityManager } from "@mikro-orm/postgresql";
-import { Errors, type ServiceSchema } from "moleculer";
+import { Context, Errors, type ServiceSchema } from "moleculer";
 import { Deployment, DeploymentEvent, type DeploymentState } from "../../entities/deployment";
 import { currentUser, systemUser, visibleTo, type ActionCtx, type User } from "../../lib/access";
 import { emOf } from "../../lib/db";
 import { conflict, forbidden, invalid, invalidTransition, notFound } from "../../lib/errors";
 import { hasLiveDroplet, lifecycleEffect, RUNTIME_STATUSES, runtimeWhile, type RuntimeStatus } from "../../lib/lifecycle";
 import { factsNeeded, mayOverrideBilling, refuseMove, type MoveFacts } from "../../lib/move-rules";
-import { insertSagaRequest, sagaForRequest, sweepRequests, type SagaKind, type StartDeps } from "./saga-requests";
+import { insertSagaRequest, sagaForRequest, sweepRequests, type SagaKind, type SagaRequestRow, type StartDeps } from "./saga-requests";
 
 export type { MoveFacts };
 
@@ -280,12 +280,28 @@ export const LifecycleMixin: Partial<ServiceSchema<any>> = {
     startDeps(em: EntityManager, ctx?: ActionCtx<unknown>): StartDeps {
       // Started as the system user (saga-requests adds meta.user); with the request's ctx as parent for tracing.
       const call = (a: string, p: unknown, o: any) => this.broker.call(a, p, ctx ? { ...o, parentCtx: ctx } : o);
-      return { em, call, timeoutMs: this.settings.sagaStartTimeoutMs, retryMs: Math.max(this.settings.sagaRequestSweepMs, 1000), logger: this.logger };
+      return { em, call, timeoutMs: this.settings.sagaStartTimeoutMs, retryMs: Math.max(this.settings.sagaRequestSweepMs, 1000), logger: this.logger, onRefused: (r: SagaRequestRow, err: Error) => this.settleRefused(r, err) };
     },
 
     /** The saga of a committed request: started now if the engine answers, else the requested saga (README). */
     async sagaOf(ctx: ActionCtx<unknown>, deploymentId: string, requestId: string) {
       return sagaForRequest(this.startDeps(emOf(ctx), ctx), deploymentId, requestId);
+    },
+
+    /**
+     * A provision request the engine refused as invalid will never run: the deployment must not wait in
+     * provisioning for it, so it moves to cancelled as a rollback would (reason provisioning_refused). A refused
+     * lifecycle request changes no state; runtime keeps what the move set and the next move recomputes from it.
+     */
+    async settleRefused(r: SagaRequestRow, err: Error) {
+      if (r.kind !== "provision") return;
+      const ctx = Context.create(this.broker, undefined as any, {}, { meta: { user: systemUser("deployments") } }) as unknown as ActionCtx<unknown>;
+      ctx.locals.em = this.orm.em.fork();
+      const d = await this.findVisible(ctx, r.deployment_id).catch(() => null);
+      if (d?.state !== "provisioning") return;
+      await this.transition(ctx, { id: r.deployment_id, to_state: "cancelled", reason: "provisioning_refused", notes: `saga ${r.id}: ${err.message}`.slice(0, 2000), actor: r.requested_by ?? undefined }, true).catch((e: Error) =>
+        this.logger.error({ deployment_id: r.deployment_id, err: e.message }, "could not cancel a deployment whose provisioning was refused"),
+      );
     },
 
     trialEndsAt(ctx: ActionCtx<unknown>) {

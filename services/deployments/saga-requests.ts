@@ -64,8 +64,16 @@ export interface StartDeps {
   call: (action: string, params: unknown, opts: Record<string, unknown>) => Promise<any>;
   timeoutMs: number;
   retryMs: number;
-  logger: { warn: (o: object, msg: string) => void; info: (o: object, msg: string) => void };
+  logger: { warn: (o: object, msg: string) => void; info: (o: object, msg: string) => void; error: (o: object, msg: string) => void };
+  /** A request the engine refused as invalid (422): it will never start; the caller settles its deployment. */
+  onRefused?: (r: SagaRequestRow, err: Error) => Promise<void>;
 }
+
+/**
+ * Only a 422 means the engine looked at the request and will never run it; anything else (unreachable, timeout,
+ * 5xx, a lost reply) is retried, since the saga may exist.
+ */
+export const refusedForGood = (err: any): boolean => err?.code === 422;
 
 /**
  * Starts the deployment's unacknowledged requests in order, stopping at the first that fails. Returns the saga
@@ -85,6 +93,12 @@ export async function startPending(deps: StartDeps, deploymentId: string): Promi
       await deps.em.execute(`update deployment_saga_requests set started_at = now(), attempts = attempts + 1, last_error = null where id = ? and started_at is null`, [r.id]);
     } catch (err) {
       const msg = (err as Error)?.message ?? String(err);
+      if (refusedForGood(err)) {
+        deps.logger.error({ saga_id: r.id, deployment_id: r.deployment_id, kind: r.kind, err: msg }, "saga start refused as invalid; not retried");
+        await deps.em.execute(`update deployment_saga_requests set attempts = attempts + 1, last_error = ?, next_attempt_at = 'infinity' where id = ?`, [`refused: ${msg}`.slice(0, 2000), r.id]);
+        await deps.onRefused?.(r, err as Error);
+        continue; // it will never run: the next request does not wait behind it
+      }
       deps.logger.warn({ saga_id: r.id, deployment_id: r.deployment_id, kind: r.kind, err: msg }, "saga start not acknowledged; the sweep re-sends it");
       await deps.em
         .execute(`update deployment_saga_requests set attempts = attempts + 1, last_error = ?, next_attempt_at = now() + (? || ' milliseconds')::interval where id = ?`, [msg.slice(0, 2000), String(deps.retryMs), r.id])
