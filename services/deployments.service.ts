@@ -13,6 +13,7 @@ import { decodeCursor, encodeCursor } from "../lib/pagination";
 import { iso, isoSql, type Page } from "../lib/dto";
 import { logFields } from "../lib/log-context";
 import { LifecycleMixin, type MoveFacts } from "./deployments/lifecycle";
+import type { SagaRequestRow } from "./deployments/saga-requests";
 
 const SLUG = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$";
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
@@ -122,7 +123,7 @@ const DeploymentsService: ServiceSchema<any> = {
         const trialEnds = state === "trial" ? await this.trialEndsAt(ctx) : null;
         let deployment!: Deployment;
         let event!: DeploymentEvent;
-        let requestId: string | null = null;
+        let request: SagaRequestRow | null = null;
         try {
           await emOf(ctx).transactional(async (em) => {
             deployment = em.create(Deployment, {
@@ -146,7 +147,7 @@ const DeploymentsService: ServiceSchema<any> = {
               deployment_id: deployment.id, from_state: null, to_state: state, reason: "created", actor: user.sub, notes: null, occurred_at: now,
             } as any);
             await em.flush();
-            if (input) requestId = await this.requestSaga(em, deployment, "provision", input, user.sub);
+            if (input) request = await this.requestSaga(em, deployment, "provision", input, user.sub);
           });
         } catch (err) {
           mapDbError(err, () => conflict(`Slug '${p.slug}' is already used by this tenant`, "SLUG_TAKEN", { slug: p.slug }));
@@ -159,7 +160,7 @@ const DeploymentsService: ServiceSchema<any> = {
           return { deployment: dto };
         }
         // No fallback: the request row owns the start now (the sweep re-sends it); nothing here may undo the saga.
-        const saga = await this.sagaOf(ctx, dto.id, requestId!);
+        const saga = await this.sagaOf(ctx, request!);
         ctx.meta.$statusCode = 202;
         return { deployment: dto, saga };
       },

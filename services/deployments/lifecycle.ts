@@ -255,7 +255,7 @@ export const LifecycleMixin: Partial<ServiceSchema<any>> = {
     },
 
     /** The lifecycle saga a move from `from` to the row's state needs, requested in the move's transaction. */
-    async requestEffect(em: EntityManager, d: Deployment, from: DeploymentState, requestedBy: string): Promise<string | null> {
+    async requestEffect(em: EntityManager, d: Deployment, from: DeploymentState, requestedBy: string): Promise<SagaRequestRow | null> {
       const effect = lifecycleEffect(from, d.state, d.runtime_status);
       if (effect === "none") return null;
       d.runtime_status = runtimeWhile(effect);
@@ -264,16 +264,20 @@ export const LifecycleMixin: Partial<ServiceSchema<any>> = {
       return this.requestSaga(em, d, effect, input, requestedBy);
     },
 
-    requestSaga(em: EntityManager, d: { id: string; tenant_id: string }, kind: SagaKind, input: Record<string, unknown>, requestedBy: string) {
+    requestSaga(em: EntityManager, d: { id: string; tenant_id: string }, kind: SagaKind, input: Record<string, unknown>, requestedBy: string): Promise<SagaRequestRow> {
       return insertSagaRequest(em, { deployment_id: d.id, tenant_id: d.tenant_id, kind, input, requested_by: requestedBy }, this.settings.sagaStartTimeoutMs + this.settings.sagaRequestSweepMs);
     },
 
     /** After the commit: the events out (in order), the runtime change, the saga started. */
-    async afterMove(ctx: ActionCtx<unknown>, d: Deployment, events: DeploymentEvent[], requestId: string | null) {
+    async afterMove(ctx: ActionCtx<unknown>, d: Deployment, events: DeploymentEvent[], request: SagaRequestRow | null) {
       const dto = this.dto(d);
-      for (const e of events) await this.publish(ctx, "deployments.transitioned", { deployment: dto, event: this.eventDto(e) });
+      // The move has committed: a failed publication is the events sweep's to repeat, not the client's error.
+      for (const e of events)
+        await this.publish(ctx, "deployments.transitioned", { deployment: dto, event: this.eventDto(e) }).catch((err: Error) =>
+          this.logger.warn({ deployment_id: d.id, event_id: Number(e.id), err: err.message }, "event left for the sweep"),
+        );
       if ((d as any).__runtimeChanged) await this.emitRuntime(ctx, d).catch((err: Error) => this.logger.warn({ err: err.message }, "runtime_changed not sent"));
-      const saga = requestId ? await this.sagaOf(ctx, d.id, requestId) : null;
+      const saga = request ? await this.sagaOf(ctx, request) : null;
       return { deployment: dto, saga };
     },
 
@@ -284,8 +288,8 @@ export const LifecycleMixin: Partial<ServiceSchema<any>> = {
     },
 
     /** The saga of a committed request: started now if the engine answers, else the requested saga (README). */
-    async sagaOf(ctx: ActionCtx<unknown>, deploymentId: string, requestId: string) {
-      return sagaForRequest(this.startDeps(emOf(ctx), ctx), deploymentId, requestId);
+    async sagaOf(ctx: ActionCtx<unknown>, request: SagaRequestRow) {
+      return sagaForRequest(this.startDeps(emOf(ctx), ctx), request);
     },
 
     /**

@@ -34,19 +34,19 @@ export interface StartParams {
   requested_by?: string;
 }
 
-/** Written inside the move's transaction (`em` is its transactional manager). Returns the saga id. */
+/** Written inside the move's transaction (`em` is its transactional manager). Its id is the saga's id. */
 export async function insertSagaRequest(
   em: EntityManager,
   r: { deployment_id: string; tenant_id: string; kind: SagaKind; input: Record<string, unknown>; requested_by: string | null },
   firstRetryMs: number,
-): Promise<string> {
+): Promise<SagaRequestRow> {
   const id = randomUUID();
   await em.execute(
     `insert into deployment_saga_requests (id, deployment_id, tenant_id, kind, input, requested_by, created_at, next_attempt_at)
      values (?, ?, ?, ?, ?::jsonb, ?, now(), now() + (? || ' milliseconds')::interval)`,
     [id, r.deployment_id, r.tenant_id, r.kind, JSON.stringify(r.input), r.requested_by, String(firstRetryMs)],
   );
-  return id;
+  return { id, ...r, created_at: new Date() };
 }
 
 /**
@@ -122,10 +122,16 @@ export async function sweepRequests(deps: StartDeps, batch = 50): Promise<number
   return ids.length;
 }
 
-/** The saga a move answers with: what start returned, or the requested saga when start did not answer. */
-export async function sagaForRequest(deps: StartDeps, deploymentId: string, requestId: string) {
-  const started = await startPending(deps, deploymentId);
-  if (started.has(requestId)) return started.get(requestId);
-  const [r] = await deps.em.execute(`select id, deployment_id, tenant_id, kind, input, requested_by, created_at from deployment_saga_requests where id = ?`, [requestId]);
-  return r ? requestedSaga(r as unknown as SagaRequestRow) : null;
+/**
+ * The saga a move answers with: what start returned, or the requested saga when start did not answer (or the
+ * database could not be asked after the commit: the move stands, the sweep takes it from here).
+ */
+export async function sagaForRequest(deps: StartDeps, request: SagaRequestRow) {
+  try {
+    const started = await startPending(deps, request.deployment_id);
+    if (started.has(request.id)) return started.get(request.id);
+  } catch (err) {
+    deps.logger.warn({ saga_id: request.id, deployment_id: request.deployment_id, err: (err as Error).message }, "saga start deferred to the sweep");
+  }
+  return requestedSaga(request);
 }
