@@ -1,5 +1,5 @@
 import { randomUUID } from "node:crypto";
-import { LockMode } from "@mikro-orm/core";
+import { LockMode, UniqueConstraintViolationException } from "@mikro-orm/core";
 import type { ServiceSchema } from "moleculer";
 import type { EntityManager } from "@mikro-orm/postgresql";
 import { Errors } from "moleculer";
@@ -14,6 +14,7 @@ import { iso, isoSql, type Page } from "../lib/dto";
 import { logFields } from "../lib/log-context";
 import { LifecycleMixin, type MoveFacts } from "./deployments/lifecycle";
 import type { SagaRequestRow } from "./deployments/saga-requests";
+import { admitCreate, existingSlugId, slugTaken } from "./deployments/admission";
 
 const SLUG = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$";
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
@@ -126,6 +127,7 @@ const DeploymentsService: ServiceSchema<any> = {
         let request: SagaRequestRow | null = null;
         try {
           await emOf(ctx).transactional(async (em) => {
+            await admitCreate(em as EntityManager, tenantId, p.slug);
             deployment = em.create(Deployment, {
               id,
               tenant_id: tenantId,
@@ -150,7 +152,8 @@ const DeploymentsService: ServiceSchema<any> = {
             if (input) request = await this.requestSaga(em, deployment, "provision", input, user.sub);
           });
         } catch (err) {
-          mapDbError(err, () => conflict(`Slug '${p.slug}' is already used by this tenant`, "SLUG_TAKEN", { slug: p.slug }));
+          const takenBy = err instanceof UniqueConstraintViolationException ? await existingSlugId(emOf(ctx), tenantId, p.slug).catch(() => null) : null;
+          mapDbError(err, () => slugTaken(p.slug, takenBy));
         }
         const dto = deploymentDto(deployment);
         await this.publish(ctx, "deployments.created", { deployment: dto, event: eventDto(event) });
