@@ -210,7 +210,7 @@ const DeploymentsService: ServiceSchema<any> = {
           ctx.call("v1.subscriptions.forDeployment", { deployment_id: id }),
           this.sagaFor(ctx, id),
         ]);
-        return { deployment, subscription, events: events.map((e: any) => eventDto(e)), saga };
+        return { deployment, subscription, events: events.map((e: any) => eventDto(e)), saga: (await this.pendingSaga(ctx, id)) ?? saga };
       },
     },
 

@@ -183,7 +183,7 @@ const SubscriptionsService: ServiceSchema<any> = {
             const s = tx.create(Subscription, {
               id: randomUUID(), deployment_id: deployment.id, tenant_id: deployment.tenant_id, plan_code: version.plan_code, plan_version_id: version.id, status: subscriptionStatusFor(deployment.state) ?? "active",
               current_period_start: period.start, current_period_end: period.end,
-              trial_ends_at: deployment.state === "trial" ? period.end : null, inserted_at: now, updated_at: now,
+              trial_ends_at: deployment.state === "trial" ? (deployment.trial_ends_at ? new Date(deployment.trial_ends_at) : period.end) : null, inserted_at: now, updated_at: now,
             } as any);
             for (const a of p.addons ?? []) this.snapshotAddon(tx, s.id, addons.get(a.code)!, a.qty, now);
             tx.create(SubscriptionChange, { id: randomUUID(), subscription_id: s.id, from_plan_version_id: null, to_plan_version_id: version.id, actor: user.sub, occurred_at: now });

@@ -54,6 +54,8 @@ describe("runtime and trial_ends_at on the deployment", () => {
     const days = (Date.parse(t.trial_ends_at) - Date.parse(t.inserted_at)) / 86_400_000;
     expect(days).toBeGreaterThan(13.99);
     expect(days).toBeLessThan(14.01);
+    // The subscription of a trial carries the deployment's trial end.
+    expect((await api.post(`/deployments/${t.id}/subscribe`, { plan_code: "studio" })).body.subscription.trial_ends_at).toBe(t.trial_ends_at);
   });
 
   test("setRuntime updates the runtime, emits runtime_changed once per change, and is internal", async () => {
@@ -168,6 +170,8 @@ describe("moves with a live droplet write their saga request with the move", () 
     const rows = await requests(d.id);
     expect(rows.map((r) => [r.id, r.kind, r.started_at])).toEqual([[pause.body.saga.id, "power_off", null], [resume.body.saga.id, "power_on", null]]);
     expect(rows[0].input).toMatchObject({ from_state: "active", to_state: "paused", droplet_id: 4242 });
+    // GET shows the newest saga: here the requested power_on, since no engine has it yet.
+    expect((await api.get(`/deployments/${d.id}`)).body.saga).toMatchObject({ id: resume.body.saga.id, kind: "power_on" });
   });
 
   test("a move without a live droplet has no cloud effect: saga null, no request", async () => {
