@@ -359,19 +359,19 @@ const DeploymentsService: ServiceSchema<any> = {
         const moved = await emOf(ctx).transactional(async (em) => {
           const d = await em.findOne(Deployment, { id: p.id }, { lockMode: LockMode.PESSIMISTIC_WRITE });
           if (!d || !visibleTo(user, d.tenant_id)) throw notFound("Deployment", p.id);
-          if (d.state === p.to_state) return { d, changes: [], requestId: null };
+          if (d.state === p.to_state) return { d, changes: [], request: null };
           if (!canTransition(d.state, p.to_state, bySaga)) throw invalidTransition(d.state, p.to_state);
           if (d.state !== seen.state) return null; // the facts were for another state: look again
           if (!bySaga) this.checkMove(d.state, p.to_state, user, facts);
           const event = this.recordMove(em, d, p.to_state, { reason: p.reason ?? "manual", actor: (bySaga && p.actor) || user.sub, notes: p.notes ?? null });
           if (trialEnds && !d.trial_ends_at) d.trial_ends_at = trialEnds;
-          const requestId = await this.requestEffect(em, d, event.from_state!, user.sub);
+          const request = await this.requestEffect(em, d, event.from_state!, user.sub);
           await em.flush();
-          return { d, changes: [event], requestId };
+          return { d, changes: [event], request };
         });
         if (!moved && attempt < 5) continue;
         if (!moved) throw conflict("The deployment was changed concurrently; retry", "CONCURRENT_UPDATE");
-        return this.afterMove(ctx, moved.d, moved.changes, moved.requestId);
+        return this.afterMove(ctx, moved.d, moved.changes, moved.request);
       }
     },
 

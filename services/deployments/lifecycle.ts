@@ -129,12 +129,12 @@ export const LifecycleMixin: Partial<ServiceSchema<any>> = {
             if (d.state !== seen.state) return null;
             if (d.state !== target) this.checkMove(d.state, target, user, facts);
             const event = this.recordMove(em, d, "provisioning", { reason: "provision_requested", actor: user.sub, notes: null });
-            const requestId = await this.requestSaga(em, d, "provision", input, user.sub);
+            const request = await this.requestSaga(em, d, "provision", input, user.sub);
             await em.flush();
-            return { d, event, requestId };
+            return { d, event, request };
           });
           if (!moved) continue;
-          const res = await this.afterMove(ctx, moved.d, [moved.event], moved.requestId);
+          const res = await this.afterMove(ctx, moved.d, [moved.event], moved.request);
           ctx.meta.$statusCode = 202;
           return res;
         }
@@ -156,16 +156,16 @@ export const LifecycleMixin: Partial<ServiceSchema<any>> = {
         const moved = await emOf(ctx).transactional(async (em) => {
           const d = await em.findOne(Deployment, { id: seen.id }, { lockMode: LockMode.PESSIMISTIC_WRITE });
           if (!d || !visibleTo(user, d.tenant_id)) throw notFound("Deployment", seen.id);
-          if (d.state === "archived") return { d, events: [], requestId: null };
+          if (d.state === "archived") return { d, events: [], request: null };
           if (d.state === "provisioning") throw conflict("The deployment is being provisioned; delete it once its saga has finished", "PROVISIONING_IN_PROGRESS", { state: d.state });
           const events: DeploymentEvent[] = [];
           if (d.state !== "cancelled") events.push(this.recordMove(em, d, "cancelled", { reason: "deleted", actor: user.sub, notes: null }));
           events.push(this.recordMove(em, d, "archived", { reason: "deleted", actor: user.sub, notes: null }));
-          const requestId = await this.requestEffect(em, d, "cancelled", user.sub);
+          const request = await this.requestEffect(em, d, "cancelled", user.sub);
           await em.flush();
-          return { d, events, requestId };
+          return { d, events, request };
         });
-        const res = await this.afterMove(ctx, moved.d, moved.events, moved.requestId);
+        const res = await this.afterMove(ctx, moved.d, moved.events, moved.request);
         ctx.meta.$statusCode = res.saga ? 202 : 200;
         return res;
       },
