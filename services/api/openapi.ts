@@ -63,7 +63,19 @@ export const ROUTE_DOCS: Record<string, RouteDoc> = {
     responses: { 201: "DeploymentEnvelope", 202: "DeploymentWithSaga" }, errors: [403],
   },
   "GET /deployments/:id": { summary: "A deployment with subscription (and addons), events (oldest first) and its newest saga", responses: { 200: "DeploymentDetail" } },
-  "POST /deployments/:id/transition": { summary: "Move a deployment to another state (SPEC §2 table)", responses: { 200: "DeploymentEnvelope" }, errors: [403] },
+  "POST /deployments/:id/transition": {
+    summary: "Move a deployment to another state (SPEC §2 table): 200 with the lifecycle saga it started (null without a cloud effect). 403 BILLING_CONTROLLED {from, to}; 409 SUBSCRIPTION_REQUIRED, PAYMENT_REQUIRED",
+    responses: { 200: "DeploymentMove" }, errors: [403],
+  },
+  "PATCH /deployments/:id": { summary: "Change display_name; billing_action_suspended (operators only: 403 for tenants)", responses: { 200: "DeploymentEnvelope" }, errors: [403] },
+  "DELETE /deployments/:id": {
+    summary: "Cancel (unless cancelled) and archive: 202 with the decommission saga; 200 with saga null when it has no cloud resources or is already archived. 409 PROVISIONING_IN_PROGRESS",
+    responses: { 200: "DeploymentMove", 202: "DeploymentMove" },
+  },
+  "POST /deployments/:id/provision": {
+    summary: "Provision an existing deployment without a live droplet (active, trial, cancelled): 202 with the provision saga. 409 ALREADY_PROVISIONED, PAYMENT_REQUIRED; 422 INVALID_TRANSITION",
+    responses: { 202: "DeploymentMove" }, errors: [403],
+  },
   "POST /deployments/:id/subscribe": { summary: "Subscribe to a plan's newest version, addons snapshotted", responses: { 201: "SubscriptionEnvelope" } },
   "POST /deployments/:id/subscription/addons": { summary: "Attach an addon (price and qty snapshotted)", responses: { 201: "SubscriptionEnvelope" } },
   "POST /deployments/:id/subscription/plan": { summary: "Change plan version (newest of plan_code, or the given version)", responses: { 200: "SubscriptionEnvelope" } },
@@ -200,7 +212,8 @@ export function openApiDocument(aliases: Record<string, string>, accessOf: (acti
 const DEPLOYMENT = obj({
   id: uuid, tenant_id: str, slug: str, display_name: str, region: str, state: { enum: STATES }, state_since: time,
   llm_mode: { enum: ["none", "shared", "byok"] }, billing_action_suspended: { type: "boolean" }, template_code: str, template_version: strOrNull,
-  inserted_at: time, updated_at: time,
+  inserted_at: time, updated_at: time, trial_ends_at: timeOrNull,
+  runtime: obj({ status: { enum: ["none", "starting", "running", "stopping", "stopped", "destroying", "destroyed"] }, droplet_id: { type: ["integer", "null"] }, ipv4: strOrNull, hostname: strOrNull }),
 });
 const EVENT = obj({ id: int, deployment_id: uuid, from_state: { enum: [...STATES, null] }, to_state: { enum: STATES }, reason: str, actor: str, notes: strOrNull, occurred_at: time });
 const STEP = obj(
@@ -261,6 +274,7 @@ const SCHEMAS: Record<string, Schema> = {
   Saga: SAGA,
   DeploymentEnvelope: obj({ deployment: ref("Deployment") }),
   DeploymentWithSaga: obj({ deployment: ref("Deployment"), saga: ref("Saga") }),
+  DeploymentMove: obj({ deployment: ref("Deployment"), saga: nullable("Saga") }),
   DeploymentList: list("Deployment"),
   DeploymentDetail: obj({ deployment: ref("Deployment"), subscription: nullable("Subscription"), events: arr(ref("DeploymentEvent")), saga: nullable("Saga") }),
   PlanVersion: PLAN_VERSION,
