@@ -55,6 +55,8 @@ export interface DropletSpecParams {
   hostname: string;
   template_code: string;
   template_version?: string | number | null;
+  /** Without a subscription yet: the plan the deployment is about to subscribe to (a create with plan_code). */
+  plan_code?: string;
 }
 export interface DropletSpec {
   size: string;
@@ -191,6 +193,7 @@ export const CatalogMixin: Partial<ServiceSchema> = {
         hostname: { type: "string", min: 1, max: 253 },
         template_code: { type: "string", min: 1, max: 100 },
         template_version: TEMPLATE_VERSION,
+        plan_code: { type: "string", min: 1, max: 64, optional: true },
       },
       async handler(ctx: ActionCtx<DropletSpecParams>): Promise<DropletSpec> {
         const user = currentUser(ctx);
@@ -198,7 +201,9 @@ export const CatalogMixin: Partial<ServiceSchema> = {
         if (!visibleTo(user, p.tenant_id)) throw notFound("Deployment", p.deployment_id);
         const em = emOf(ctx);
         const [sub, template] = await Promise.all([em.findOne(Subscription, { deployment_id: p.deployment_id }), resolveTemplate(em, p.template_code, p.template_version)]);
-        const planVersion = sub ? await em.findOne(PlanVersion, { id: sub.plan_version_id }) : null;
+        const planVersion = sub
+          ? await em.findOne(PlanVersion, { id: sub.plan_version_id })
+          : p.plan_code ? await em.findOne(PlanVersion, { plan_code: p.plan_code }, { orderBy: { version: "desc" } }) : null;
         let userData: string | null = null;
         if (template.user_data != null) {
           const values: Record<Placeholder, string> = { slug: p.slug, hostname: p.hostname, llm_mode: p.llm_mode, tenant_id: p.tenant_id };
