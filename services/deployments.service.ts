@@ -16,6 +16,7 @@ import { LifecycleMixin, type MoveFacts } from "./deployments/lifecycle";
 import type { SagaRequestRow } from "./deployments/saga-requests";
 import { admitCreate, existingSlugId, slugTaken } from "./deployments/admission";
 import { checkCreate } from "./deployments/provision-input";
+import { ResizeRequestMixin } from "./deployments/resize";
 import { TEMPLATE_VERSION } from "./subscriptions/catalog";
 
 const SLUG = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$";
@@ -90,7 +91,7 @@ export function eventDto(e: DeploymentEvent) {
 const DeploymentsService: ServiceSchema<any> = {
   name: "deployments",
   version: 1,
-  mixins: [DbMixin([Deployment, DeploymentEvent]), LifecycleMixin],
+  mixins: [DbMixin([Deployment, DeploymentEvent]), LifecycleMixin, ResizeRequestMixin],
   settings: {
     defaultRegion: process.env.DEFAULT_REGION ?? "nyc3",
     defaultTemplate: process.env.DEFAULT_TEMPLATE ?? "arcadia-app",

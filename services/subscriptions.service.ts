@@ -12,6 +12,7 @@ import { subscriptionStatusFor } from "../lib/lifecycle";
 import type { DeploymentDto } from "./deployments.service";
 import { CatalogMixin, DEFAULT_SIZE, checkSize } from "./subscriptions/catalog";
 import { SubscriptionStatusMixin } from "./subscriptions/status";
+import { ResizeRevertMixin, resizeAfterPlanChange } from "./subscriptions/resize";
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 const CODE = { type: "string", pattern: "^[a-z0-9][a-z0-9_-]{0,62}$", messages: { stringPattern: "'{field}' must be a lowercase code (a-z, 0-9, '_', '-')" } };
@@ -71,7 +72,7 @@ const addonDto = (a: Addon) => ({ code: a.code, name: a.name, unit_price_cents: 
 const SubscriptionsService: ServiceSchema<any> = {
   name: "subscriptions",
   version: 1,
-  mixins: [DbMixin([Plan, PlanVersion, Addon, Subscription, SubscriptionAddon, SubscriptionChange, Template, TemplateVersion]), SubscriptionStatusMixin, CatalogMixin],
+  mixins: [DbMixin([Plan, PlanVersion, Addon, Subscription, SubscriptionAddon, SubscriptionChange, Template, TemplateVersion]), SubscriptionStatusMixin, CatalogMixin, ResizeRevertMixin],
 
   actions: {
     // ---- catalog ----
@@ -237,6 +238,7 @@ const SubscriptionsService: ServiceSchema<any> = {
         const p = ctx.params;
         if (p.plan_code === undefined && p.version === undefined) throw invalid("Give 'plan_code' and/or 'version'");
         const em = emOf(ctx);
+        let moved: { from: PlanVersion; to: PlanVersion } | null = null;
         const sub = await em.transactional(async (tx) => {
           const s = await tx.findOne(Subscription, { deployment_id: p.id }, { lockMode: LockMode.PESSIMISTIC_WRITE });
           if (!s) throw notFound("Subscription for deployment", p.id);
@@ -244,6 +246,7 @@ const SubscriptionsService: ServiceSchema<any> = {
           const target = p.version === undefined ? await this.newestVersion(tx, planCode) : await tx.findOne(PlanVersion, { plan_code: planCode, version: p.version });
           if (!target) throw invalid(`Plan '${planCode}' has no version ${p.version}`, [{ field: "version" }]);
           if (target.id === s.plan_version_id) return s;
+          moved = { from: await tx.findOneOrFail(PlanVersion, { id: s.plan_version_id }), to: target };
           tx.create(SubscriptionChange, { id: randomUUID(), subscription_id: s.id, from_plan_version_id: s.plan_version_id, to_plan_version_id: target.id, actor: user.sub, occurred_at: new Date() });
           s.plan_code = target.plan_code;
           s.plan_version_id = target.id;
@@ -251,7 +254,10 @@ const SubscriptionsService: ServiceSchema<any> = {
           await tx.flush();
           return s;
         });
-        return { subscription: await this.subscriptionDto(em, sub) };
+        // Another droplet size: the live droplet follows through a resize saga (services/subscriptions/resize.ts).
+        const m = moved as { from: PlanVersion; to: PlanVersion } | null;
+        const saga = m ? await resizeAfterPlanChange(ctx, em, sub, m.from, m.to, user.sub) : null;
+        return { subscription: await this.subscriptionDto(em, sub), saga };
       },
     },
     forDeployment: {

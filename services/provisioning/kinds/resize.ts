@@ -1,4 +1,4 @@
-import { StepResponse, step, undo, type SagaKind } from "../engine";
+import { PermanentStepError, StepResponse, step, undo, type SagaKind } from "../engine";
 import { liveDroplets, observedRuntime, setRuntime, type Ctx, type KindEnv } from "./common";
 import { actionsFor, powerSteps } from "./power";
 
@@ -8,6 +8,7 @@ import { actionsFor, powerSteps } from "./power";
  * undo on the first step, which recorded what "as it was" is.
  *
  *   step                     forward                                            undo (owner: op ← input)
+ *   hold_plan_change         v1.subscriptions.forDeployment (still on it)       subscriptions: revertPlanChange ← the plan change
  *   snapshot_droplets        v1.inventory.forDeployment, getDroplet            inventory: restoreDroplets ← each droplet's size, status, row
  *   set_runtime_stopping     v1.deployments.setRuntime (stopping)              —
  *   power_off_droplets       dropletAction power_off, getAction                —
@@ -18,7 +19,9 @@ import { actionsFor, powerSteps } from "./power";
  *   update_inventory         v1.inventory.updateResource status active         —
  *   set_runtime_running      v1.deployments.setRuntime (running)               —
  *
- * Input: {size} (and `disk: true` to grow the disk too, which cannot be undone).
+ * Input: {size} (and `disk: true` to grow the disk too, which cannot be undone), and `plan_change`
+ * ({subscription_id, from_plan_version_id, to_plan_version_id}) when a plan change asked for it: a failure then
+ * also reverts the plan change (recorded), after the droplets are back (docs/catalog.md).
  */
 const [setStopping, powerOffDroplets] = powerSteps("power_off");
 const [setStarting, powerOnDroplets, updateStatus, setRunning] = powerSteps("power_on");
@@ -27,6 +30,16 @@ export const resize: SagaKind<KindEnv> = {
   kind: "resize",
   onFailure: "compensate",
   steps: [
+    step("hold_plan_change", "v1.subscriptions.forDeployment",
+      async ({ call, saga, input }) => {
+        const change = input.plan_change as { subscription_id: string; from_plan_version_id: string; to_plan_version_id: string } | undefined;
+        if (!change) return new StepResponse({ plan_change: null }, null);
+        const sub = await call("v1.subscriptions.forDeployment", { deployment_id: saga.deployment_id });
+        // A later plan change moved it on (its own resize follows): this one is no longer what was sold.
+        if (!sub || sub.plan_version.id !== change.to_plan_version_id) throw new PermanentStepError(`the subscription is no longer on plan version ${change.to_plan_version_id}`);
+        return new StepResponse({ plan_change: change.to_plan_version_id }, change);
+      },
+      undo("subscriptions", "revertPlanChange")),
     step("snapshot_droplets", "v1.inventory.forDeployment",
       async (ctx) => {
         const droplets = [];
