@@ -1,3 +1,4 @@
+import { startSimulator, type Simulator } from "../sim/simulator";
 import type { ServiceBroker } from "moleculer";
 import { Client } from "pg";
 import { apiUrl, asAdmin, asTenant, client, startNode, token, uniq, waitFor } from "./helpers";
@@ -10,6 +11,7 @@ import { apiUrl, asAdmin, asTenant, client, startNode, token, uniq, waitFor } fr
  */
 
 let broker: ServiceBroker;
+let sim: Simulator;
 let base: string;
 let pg: Client;
 let operator: ReturnType<typeof client>;
@@ -17,7 +19,9 @@ const runtimeEvents: any[] = [];
 
 beforeAll(async () => {
   // The sweep is off here: a request stays unstarted so the test can read it (the sweep has its own test).
-  broker = await startNode(["api", "deployments", "subscriptions"], { settings: { deployments: { sagaRequestSweepMs: 0, sagaStartTimeoutMs: 1000 } } });
+  // A provision request's input is built from the catalog, the DNS name and the provider's regions (docs/catalog.md).
+  sim = await startSimulator({ port: 0 });
+  broker = await startNode(["api", "deployments", "subscriptions", "inventory", "dns"], { settings: { deployments: { sagaRequestSweepMs: 0, sagaStartTimeoutMs: 1000 }, inventory: { doApiUrl: sim.url, driftCheckMs: 0 }, dns: { doApiUrl: sim.url } } });
   broker.createService({ name: "runtime-watcher", events: { "deployments.runtime_changed"(ctx: any) { runtimeEvents.push(ctx.params); } } });
   base = apiUrl(broker);
   operator = client(base, await token({ roles: ["platform-admin"], sub: "op" }));
@@ -27,6 +31,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await pg.end();
   await broker.stop();
+  await sim.close();
 });
 
 async function tenantApi(sub = uniq("user")) {

@@ -12,9 +12,15 @@ test("the registered kinds and their step lists", () => {
     expect(new Set(k.steps.map((s) => s.name)).size).toBe(k.steps.length);
     for (const s of k.steps) expect(s.forward).toMatch(/^v1\.\w+\.\w+$/);
     // Forward-only kinds have no undo; a compensating kind's undos go to the owning services' handlers.
-    for (const s of k.steps) if (s.compensate) expect(["deployments", "inventory", "dns"]).toContain(s.compensate.owner);
+    for (const s of k.steps) if (s.compensate) expect(["deployments", "inventory", "dns", "subscriptions"]).toContain(s.compensate.owner);
     if (k.onFailure === "forward") expect(k.steps.filter((s) => s.compensate)).toEqual([]);
   }
+  // A resize asked for by a plan change undoes the plan change last, after the droplets are back (docs/catalog.md).
+  const resize = KINDS.find((k) => k.kind === "resize")!;
+  expect(resize.steps.filter((s) => s.compensate).map((s) => [s.name, s.compensate!.owner, s.compensate!.op])).toEqual([
+    ["hold_plan_change", "subscriptions", "revertPlanChange"],
+    ["snapshot_droplets", "inventory", "restoreDroplets"],
+  ]);
   expect(provision.steps.filter((s) => s.compensate).map((s) => [s.name, s.compensate!.owner, s.compensate!.op])).toEqual([
     ["mark_deployment_provisioning", "deployments", "cancel"],
     ["create_droplet", "inventory", "destroyDroplets"],

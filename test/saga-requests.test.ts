@@ -1,3 +1,4 @@
+import { startSimulator, type Simulator } from "../sim/simulator";
 import type { ServiceBroker } from "moleculer";
 import { Errors } from "moleculer";
 import { Client } from "pg";
@@ -11,6 +12,7 @@ import { apiUrl, asAdmin, client, startNode, token, uniq, waitFor } from "./help
  */
 
 let broker: ServiceBroker;
+let sim: Simulator;
 let base: string;
 let pg: Client;
 const sagas = new Map<string, { id: string; kind: string; deployment_id: string; input: any }>();
@@ -40,7 +42,9 @@ const standInEngine = {
 };
 
 beforeAll(async () => {
-  broker = await startNode(["api", "deployments", "subscriptions"], { settings: { deployments: { sagaRequestSweepMs: 200, sagaStartTimeoutMs: 1000 } } });
+  // A provision request's input is built from the catalog, the DNS name and the provider's regions (docs/catalog.md).
+  sim = await startSimulator({ port: 0 });
+  broker = await startNode(["api", "deployments", "subscriptions", "inventory", "dns"], { settings: { deployments: { sagaRequestSweepMs: 200, sagaStartTimeoutMs: 1000 }, inventory: { doApiUrl: sim.url, driftCheckMs: 0 }, dns: { doApiUrl: sim.url } } });
   base = apiUrl(broker);
   pg = new Client({ connectionString: process.env.DATABASE_URL });
   await pg.connect();
@@ -48,6 +52,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await pg.end();
   await broker.stop();
+  await sim.close();
 });
 afterEach(() => {
   mode = "ok";
