@@ -113,3 +113,20 @@ test("a plan change that keeps the size, or a deployment without a droplet, star
   expect(moved.status).toBe(200);
   expect(moved.body.saga).toBeNull();
 });
+
+test("a paused deployment is resized and stays off (a power_off follows the resize)", async () => {
+  const d = await provisioned("starter");
+  const paused = await d.api.post(`/deployments/${d.id}/transition`, { to_state: "paused" });
+  expect(paused.status).toBe(200);
+  if (paused.body.saga) expect((await settled(d.api, paused.body.saga.id)).status).toBe("succeeded");
+  expect((await d.droplet()).status).toBe("off");
+  const res = await d.api.post(`/deployments/${d.id}/subscription/plan`, { plan_code: "studio" });
+  expect((await settled(d.api, res.body.saga.id)).status).toBe("succeeded");
+  // The power_off requested after the resize is the deployment's newest saga once it has run.
+  await waitFor(async () => {
+    const got = (await d.api.get(`/deployments/${d.id}`)).body;
+    return got.saga?.kind === "power_off" && got.saga.status === "succeeded";
+  }, { timeoutMs: 40_000, what: "the power_off after the resize" });
+  expect(await d.droplet()).toMatchObject({ size_slug: "s-2vcpu-4gb", status: "off" });
+  expect((await d.api.get(`/inventory?deployment_id=${d.id}`)).body.items).toEqual([expect.objectContaining({ size_slug: "s-2vcpu-4gb", status: "off" })]);
+});
