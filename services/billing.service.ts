@@ -1,6 +1,6 @@
 import type { ServiceSchema } from "moleculer";
 import { Errors } from "moleculer";
-import { currentUser, listTenant, requireOperator, visibleTo, type ActionCtx } from "../lib/access";
+import { currentUser, listTenant, visibleTo, type ActionCtx } from "../lib/access";
 import { dollarsToCents, type Balance } from "../lib/digitalocean";
 import { iso, type Page } from "../lib/dto";
 import { DbMixin, emOf } from "../lib/db";
@@ -140,7 +140,6 @@ const BillingService: ServiceSchema<any> = {
     balance: {
       access: "operator",
       async handler(this: any, ctx: ActionCtx<unknown>) {
-        requireOperator(ctx);
         const [raw, all, billable] = await Promise.all([
           provider(() => this.doClient.getBalance() as Promise<Balance>),
           this.activeSubscriptions(ctx, undefined) as Promise<RevenueSubscription[]>,
@@ -184,7 +183,6 @@ const BillingService: ServiceSchema<any> = {
         order: { type: "enum", values: ["asc", "desc"], optional: true },
       },
       async handler(this: any, ctx: ActionCtx<MarginParams>) {
-        requireOperator(ctx);
         const p = ctx.params;
         const [deployments, resources, subs, owed] = (await Promise.all([
           this.drain(ctx, "v1.deployments.list", { tenant_id: p.tenant_id, state: p.state, limit: PAGE }),
@@ -279,7 +277,6 @@ const BillingService: ServiceSchema<any> = {
     clock: {
       access: "operator",
       async handler(this: any, ctx: ActionCtx<unknown>) {
-        requireOperator(ctx);
         this.requireTestClock();
         return { now: (await this.clock.now()).toISOString() };
       },
@@ -291,7 +288,6 @@ const BillingService: ServiceSchema<any> = {
         now: { type: "string", pattern: "^\\d{4}-\\d{2}-\\d{2}T\\d{2}:\\d{2}(:\\d{2}(\\.\\d{1,3})?)?(Z|[+-]\\d{2}:\\d{2})$", optional: true, messages: { stringPattern: "'now' must be an ISO 8601 date-time with a zone, e.g. 2027-01-01T00:00:00Z" } },
       },
       async handler(this: any, ctx: ActionCtx<MoveClockParams>): Promise<RunResult> {
-        requireOperator(ctx);
         this.requireTestClock();
         const p = ctx.params;
         if ((p.advance_days === undefined) === (p.now === undefined)) throw invalid("Give exactly one of 'advance_days' and 'now'", [{ field: p.now === undefined ? "advance_days" : "now", type: "required" }]);
@@ -303,7 +299,6 @@ const BillingService: ServiceSchema<any> = {
     run: {
       access: "operator",
       async handler(this: any, ctx: ActionCtx<unknown>): Promise<RunResult> {
-        requireOperator(ctx);
         return this.runBilling();
       },
     },
@@ -350,7 +345,6 @@ const BillingService: ServiceSchema<any> = {
       access: "operator",
       params: { id: { type: "string" }, reference: { type: "string", min: 1, max: 200, optional: true } },
       async handler(this: any, ctx: ActionCtx<PayParams>) {
-        requireOperator(ctx);
         return this.closeInvoice(ctx, ctx.params.id, "paid", ctx.params.reference ?? null);
       },
     },
@@ -358,7 +352,6 @@ const BillingService: ServiceSchema<any> = {
       access: "operator",
       params: { id: { type: "string" } },
       async handler(this: any, ctx: ActionCtx<{ id: string }>) {
-        requireOperator(ctx);
         return this.closeInvoice(ctx, ctx.params.id, "void", null);
       },
     },

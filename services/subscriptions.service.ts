@@ -5,7 +5,7 @@ import type { EntityManager } from "@mikro-orm/postgresql";
 import { Addon, Plan, PlanVersion } from "../entities/catalog";
 import { Subscription, SubscriptionAddon, SubscriptionChange } from "../entities/subscription";
 import { DbMixin, emOf } from "../lib/db";
-import { currentUser, requireOperator, visibleTo, type ActionCtx } from "../lib/access";
+import { currentUser, systemUser, visibleTo, type ActionCtx } from "../lib/access";
 import { conflict, invalid, mapDbError, notFound } from "../lib/errors";
 import { iso, isoSql, type Page } from "../lib/dto";
 import type { DeploymentDto } from "./deployments.service";
@@ -92,24 +92,24 @@ const SubscriptionsService: ServiceSchema<any> = {
   actions: {
     // ---- catalog ----
     listPlans: {
+      access: "signed-in",
       async handler(this: any, ctx: ActionCtx<unknown>) {
-        currentUser(ctx);
         const em = emOf(ctx);
         const [plans, versions] = await Promise.all([em.find(Plan, {}, { orderBy: { code: "asc" } }), em.find(PlanVersion, {}, { orderBy: { version: "asc" } })]);
         return { items: plans.map((p) => this.planDto(p, versions.filter((v) => v.plan_code === p.code))), next_cursor: null };
       },
     },
     listAddons: {
+      access: "signed-in",
       async handler(ctx: ActionCtx<unknown>) {
-        currentUser(ctx);
         const addons = await emOf(ctx).find(Addon, {}, { orderBy: { code: "asc" } });
         return { items: addons.map(addonDto), next_cursor: null };
       },
     },
     createPlan: {
+      access: "operator",
       params: { code: CODE, name: { type: "string", min: 1, max: 200 }, price_cents: CENTS, currency: { ...CURRENCY, optional: true } },
       async handler(this: any, ctx: ActionCtx<CreatePlanParams>) {
-        requireOperator(ctx);
         const p = ctx.params;
         const now = new Date();
         const em = emOf(ctx);
@@ -125,9 +125,9 @@ const SubscriptionsService: ServiceSchema<any> = {
       },
     },
     createPlanVersion: {
+      access: "operator",
       params: { code: { type: "string" }, price_cents: CENTS, currency: { ...CURRENCY, optional: true } },
       async handler(ctx: ActionCtx<CreatePlanVersionParams>) {
-        requireOperator(ctx);
         const p = ctx.params;
         try {
           const version = await emOf(ctx).transactional(async (em) => {
@@ -147,9 +147,9 @@ const SubscriptionsService: ServiceSchema<any> = {
       },
     },
     createAddon: {
+      access: "operator",
       params: { code: CODE, name: { type: "string", min: 1, max: 200 }, unit_price_cents: CENTS, currency: { ...CURRENCY, optional: true } },
       async handler(ctx: ActionCtx<CreateAddonParams>) {
-        requireOperator(ctx);
         const p = ctx.params;
         const now = new Date();
         const addon = emOf(ctx).create(Addon, { code: p.code, name: p.name, unit_price_cents: p.unit_price_cents, currency: p.currency ?? "USD", inserted_at: now, updated_at: now });
@@ -163,9 +163,9 @@ const SubscriptionsService: ServiceSchema<any> = {
       },
     },
     updateAddon: {
+      access: "operator",
       params: { code: { type: "string" }, name: { type: "string", min: 1, max: 200, optional: true }, unit_price_cents: { ...CENTS, optional: true } },
       async handler(ctx: ActionCtx<UpdateAddonParams>) {
-        requireOperator(ctx);
         const p = ctx.params;
         if (p.name === undefined && p.unit_price_cents === undefined) throw invalid("Nothing to change: give 'name' and/or 'unit_price_cents'");
         const em = emOf(ctx);
@@ -181,6 +181,7 @@ const SubscriptionsService: ServiceSchema<any> = {
 
     // ---- subscriptions ----
     subscribe: {
+      access: "scoped",
       params: {
         id: { type: "string" },
         plan_code: { type: "string", min: 1, max: 64 },
@@ -211,7 +212,7 @@ const SubscriptionsService: ServiceSchema<any> = {
             return s;
           });
           // Billing issues the first invoice; a lost call loses nothing (every billing run issues missing ones).
-          await ctx.call("v1.billing.issueInitial", { deployment_id: deployment.id }).catch((err: Error) => this.logger.warn({ err: err.message, deployment_id: deployment.id }, "first invoice left to the next billing run"));
+          await this.broker.call("v1.billing.issueInitial", { deployment_id: deployment.id }, { meta: { user: systemUser("subscriptions") }, requestID: ctx.requestID }).catch((err: Error) => this.logger.warn({ err: err.message, deployment_id: deployment.id }, "first invoice left to the next billing run"));
           ctx.meta.$statusCode = 201;
           return { subscription: await this.subscriptionDto(em, sub) };
         } catch (err) {
@@ -220,6 +221,7 @@ const SubscriptionsService: ServiceSchema<any> = {
       },
     },
     attachAddon: {
+      access: "scoped",
       params: { id: { type: "string" }, code: { type: "string", min: 1, max: 64 }, qty: { ...QTY, optional: true } },
       async handler(this: any, ctx: ActionCtx<AttachAddonParams>) {
         await this.deploymentFor(ctx, ctx.params.id);
@@ -238,6 +240,7 @@ const SubscriptionsService: ServiceSchema<any> = {
       },
     },
     changePlan: {
+      access: "scoped",
       params: { id: { type: "string" }, plan_code: { type: "string", min: 1, max: 64, optional: true }, version: { type: "number", integer: true, min: 1, optional: true } },
       async handler(this: any, ctx: ActionCtx<ChangePlanParams>) {
         const user = currentUser(ctx);
@@ -263,6 +266,7 @@ const SubscriptionsService: ServiceSchema<any> = {
       },
     },
     forDeployment: {
+      access: "scoped",
       visibility: "public",
       params: { deployment_id: { type: "string" } },
       async handler(this: any, ctx: ActionCtx<{ deployment_id: string }>) {
@@ -278,6 +282,7 @@ const SubscriptionsService: ServiceSchema<any> = {
      * one tenant. Keyset-paginated by subscription id (`cursor` = the previous page's `next_cursor`).
      */
     listForRevenue: {
+      access: "internal",
       visibility: "public",
       params: {
         tenant_id: { type: "string", min: 1, max: 200, optional: true },
@@ -285,7 +290,6 @@ const SubscriptionsService: ServiceSchema<any> = {
         cursor: { type: "uuid", optional: true },
       },
       async handler(ctx: ActionCtx<{ tenant_id?: string; limit?: number; cursor?: string }>) {
-        requireOperator(ctx);
         const p = ctx.params;
         const limit = p.limit ?? 500;
         const em = emOf(ctx);
@@ -334,7 +338,6 @@ const SubscriptionsService: ServiceSchema<any> = {
         cursor: { type: "uuid", optional: true },
       },
       async handler(ctx: ActionCtx<BillableParams>): Promise<Page<BillableSubscription>> {
-        requireOperator(ctx);
         const p = ctx.params;
         const limit = p.limit ?? 1000;
         const conds = ["s.status = any(?::text[])"];
@@ -361,7 +364,6 @@ const SubscriptionsService: ServiceSchema<any> = {
       access: "internal",
       params: { now: { type: "string" } },
       async handler(ctx: ActionCtx<{ now: string }>) {
-        requireOperator(ctx);
         const period = currentMonthUtc(new Date(ctx.params.now));
         const res = await emOf(ctx).getConnection().execute(
           "update subscriptions set current_period_start = ?::timestamptz, current_period_end = ?::timestamptz, updated_at = now(), version = version + 1 where current_period_end <= ?::timestamptz",
@@ -375,7 +377,8 @@ const SubscriptionsService: ServiceSchema<any> = {
     /** The billing clock's now (SPEC §3: periods follow it); the wall clock on a cluster without billing. */
     async billingNow(ctx: ActionCtx<unknown>): Promise<Date> {
       try {
-        return new Date(((await ctx.call("v1.billing.now")) as { now: string }).now);
+        // broker.call, not ctx.call: a system user in a child call's meta would be merged back into this request's.
+        return new Date(((await this.broker.call("v1.billing.now", {}, { meta: { user: systemUser("subscriptions") }, requestID: ctx.requestID })) as { now: string }).now);
       } catch (err) {
         if (err instanceof Errors.ServiceNotFoundError) return new Date();
         throw err;
