@@ -212,7 +212,7 @@ const SubscriptionsService: ServiceSchema<any> = {
             return s;
           });
           // Billing issues the first invoice; a lost call loses nothing (every billing run issues missing ones).
-          await this.broker.call("v1.billing.issueInitial", { deployment_id: deployment.id }, { meta: { user: systemUser("subscriptions") }, requestID: ctx.requestID }).catch((err: Error) => this.logger.warn({ err: err.message, deployment_id: deployment.id }, "first invoice left to the next billing run"));
+          await this.broker.call("v1.billing.issueInitial", { deployment_id: deployment.id }, { meta: { user: systemUser("subscriptions") }, requestID: ctx.requestID ?? undefined }).catch((err: Error) => this.logger.warn({ err: err.message, deployment_id: deployment.id }, "first invoice left to the next billing run"));
           ctx.meta.$statusCode = 201;
           return { subscription: await this.subscriptionDto(em, sub) };
         } catch (err) {
@@ -378,7 +378,7 @@ const SubscriptionsService: ServiceSchema<any> = {
     async billingNow(ctx: ActionCtx<unknown>): Promise<Date> {
       try {
         // broker.call, not ctx.call: a system user in a child call's meta would be merged back into this request's.
-        return new Date(((await this.broker.call("v1.billing.now", {}, { meta: { user: systemUser("subscriptions") }, requestID: ctx.requestID })) as { now: string }).now);
+        return new Date(((await this.broker.call("v1.billing.now", {}, { meta: { user: systemUser("subscriptions") }, requestID: ctx.requestID ?? undefined })) as { now: string }).now);
       } catch (err) {
         if (err instanceof Errors.ServiceNotFoundError) return new Date();
         throw err;

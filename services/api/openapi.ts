@@ -11,6 +11,8 @@ interface RouteDoc {
   query?: Record<string, Schema>;
   status: number;
   response: string;
+  /** Statuses the route answers besides the ones every route of its kind gets (status → description). */
+  errors?: Record<string, string>;
 }
 
 const str = { type: "string" };
@@ -55,6 +57,19 @@ export const ROUTE_DOCS: Record<string, RouteDoc> = {
   "GET /inventory/:id": { summary: "One cloud resource", status: 200, response: "Any" },
   "GET /billing/balance": { summary: "Provider balance (cents) and platform monthly recurring revenue per currency", status: 200, response: "Any" },
   "GET /dashboard/margin": { summary: "Revenue, cloud cost and margin per deployment and in total", status: 200, response: "Any", query: { tenant_id: str, state: { enum: STATES }, sort: { enum: ["margin", "margin_pct", "revenue", "cost"] }, order: { enum: ["asc", "desc"] } } },
+  "GET /invoices": {
+    summary: "Invoices, newest first (keyset pagination)", status: 200, response: "InvoiceList",
+    query: { deployment_id: { ...str, format: "uuid" }, status: { enum: ["open", "paid", "void"] }, tenant_id: { ...str, description: "operators only" }, limit: { ...int, minimum: 1, maximum: 200, default: 50 }, cursor: str },
+  },
+  "GET /invoices/:id": { summary: "One invoice with its lines", status: 200, response: "InvoiceEnvelope" },
+  "POST /invoices/:id/pay": { summary: "Mark an open invoice paid at the billing clock's now", status: 200, response: "InvoiceEnvelope", body: obj({ reference: { ...str, minLength: 1, maxLength: 200 } }), errors: { "409": "INVOICE_NOT_OPEN" } },
+  "POST /invoices/:id/void": { summary: "Void an open invoice", status: 200, response: "InvoiceEnvelope", errors: { "409": "INVOICE_NOT_OPEN" } },
+  "POST /billing/run": { summary: "Run billing now: period invoices, dunning, trial ends, retention", status: 200, response: "BillingRun" },
+  "GET /billing/clock": { summary: "The billing test clock (BILLING_TEST_CLOCK=1)", status: 200, response: "BillingClock", errors: { "404": "No test clock: billing runs on the wall clock" } },
+  "POST /billing/clock": {
+    summary: "Move the test clock forward ({advance_days} or {now}; never backwards: 422), then run billing", status: 200, response: "BillingRun",
+    body: obj({ advance_days: { type: "number", minimum: 0, maximum: 3660 }, now: { ...str, format: "date-time" } }), errors: { "404": "No test clock: billing runs on the wall clock" },
+  },
   "GET /drift": { summary: "Provider vs inventory and DNS: orphans, ghosts, mismatches", status: 200, response: "Any" },
   "POST /drift/actions": {
     summary: "Act on a drift entry: adopt an orphan, destroy an orphan, mark a ghost destroyed, sync a mismatch", status: 201, response: "Any",
@@ -76,6 +91,14 @@ const SAGA = obj({ id: str, deployment_id: str, status: { enum: ["running", "suc
  * who may call a route is declared once, on the action, and this document shows the same thing the
  * AccessMiddleware enforces. An action not discovered yet is documented as signed-in.
  */
+const ts = { ...str, format: "date-time" };
+const INVOICE_LINE = obj({ kind: { enum: ["plan", "addon"] }, code: str, description: str, qty: { ...int, minimum: 1 }, unit_price_cents: { ...int, minimum: 0 }, amount_cents: { ...int, minimum: 0 } }, ["kind", "code", "description", "qty", "unit_price_cents", "amount_cents"]);
+const INVOICE = obj({
+  id: { ...str, format: "uuid" }, tenant_id: str, deployment_id: { ...str, format: "uuid" }, subscription_id: { ...str, format: "uuid" }, period_start: ts, period_end: ts,
+  currency: { ...str, pattern: "^[A-Z]{3}$" }, lines: { type: "array", items: INVOICE_LINE }, total_cents: { ...int, minimum: 0 }, status: { enum: ["open", "paid", "void"] },
+  issued_at: ts, due_at: ts, paid_at: { type: ["string", "null"], format: "date-time" },
+}, ["id", "tenant_id", "deployment_id", "subscription_id", "period_start", "period_end", "currency", "lines", "total_cents", "status", "issued_at", "due_at", "paid_at"]);
+
 export function openApiDocument(aliases: Record<string, string>, accessOf: (action: string) => Access | undefined = () => undefined) {
   const paths: Record<string, Record<string, unknown>> = {};
   for (const key of Object.keys(aliases)) {
@@ -92,6 +115,7 @@ export function openApiDocument(aliases: Record<string, string>, accessOf: (acti
     if (access !== "public") errors["401"] = { description: "Missing or bad token", content: { "application/json": { schema: ref("Error") } } };
     if (access === "operator") errors["403"] = { description: "Operators only (platform-admin)", content: { "application/json": { schema: ref("Error") } } };
     if (path.includes(":")) errors["404"] = { description: "Absent or another tenant's", content: { "application/json": { schema: ref("Error") } } };
+    for (const [status, description] of Object.entries(doc.errors ?? {})) errors[status] = { description, content: { "application/json": { schema: ref("Error") } } };
     (paths[oaPath] ??= {})[method.toLowerCase()] = {
       summary: doc.summary,
       operationId: aliases[key],
@@ -122,6 +146,14 @@ export function openApiDocument(aliases: Record<string, string>, accessOf: (acti
         DeploymentDetail: obj({ deployment: ref("Deployment"), subscription: { type: ["object", "null"] }, events: { type: "array", items: { type: "object" } }, saga: { oneOf: [ref("Saga"), { type: "null" }] } }, ["deployment", "subscription", "events", "saga"]),
         SubscriptionEnvelope: obj({ subscription: { type: "object" } }, ["subscription"]),
         SagaEnvelope: obj({ saga: ref("Saga") }, ["saga"]),
+        Invoice: INVOICE,
+        InvoiceEnvelope: obj({ invoice: ref("Invoice") }, ["invoice"]),
+        InvoiceList: list("Invoice"),
+        BillingClock: obj({ now: { ...str, format: "date-time" } }, ["now"]),
+        BillingRun: obj({
+          now: { ...str, format: "date-time" }, invoices_issued: { ...int, minimum: 0 },
+          moves: { type: "array", items: obj({ deployment_id: { ...str, format: "uuid" }, from: { enum: STATES }, to: { enum: STATES }, reason: str }, ["deployment_id", "from", "to", "reason"]) },
+        }, ["now", "invoices_issued", "moves"]),
       },
     },
   };

@@ -45,7 +45,7 @@ const asBilling = { meta: { user: BILLING_USER } };
 const num = (v: string | undefined, dflt: number) => (v === undefined || v === "" ? dflt : Number(v));
 const date = (v: unknown): Date | null => (v == null ? null : new Date(v as string));
 
-export const BillingLoopMixin: Partial<ServiceSchema> = {
+export const BillingLoopMixin: Partial<ServiceSchema<any>> = {
   settings: {
     testClock: process.env.BILLING_TEST_CLOCK === "1",
     runMs: num(process.env.BILLING_RUN_MS, 60_000),
