@@ -91,7 +91,7 @@ export const BillingLoopMixin: Partial<ServiceSchema<any>> = {
     sql(this: any, query: string, args: unknown[] = []): Promise<any[]> {
       return this.orm.em.getConnection().execute(query, args);
     },
-    call(this: any, action: string, params: object) {
+    callAsBilling(this: any, action: string, params: object) {
       return this.broker.call(action, params, asBilling);
     },
 
@@ -109,11 +109,11 @@ export const BillingLoopMixin: Partial<ServiceSchema<any>> = {
     },
 
     /** Every page of a list action, as billing's system user. */
-    async drain(this: any, action: string, params: Record<string, unknown>): Promise<any[]> {
+    async drainAsBilling(this: any, action: string, params: Record<string, unknown>): Promise<any[]> {
       const all: any[] = [];
       let cursor: string | null = null;
       do {
-        const page: Page<any> = await this.call(action, cursor ? { ...params, cursor } : params);
+        const page: Page<any> = await this.callAsBilling(action, cursor ? { ...params, cursor } : params);
         all.push(...page.items);
         cursor = page.next_cursor;
       } while (cursor);
@@ -127,10 +127,10 @@ export const BillingLoopMixin: Partial<ServiceSchema<any>> = {
      */
     async runBilling(this: any): Promise<RunResult> {
       const now: Date = await this.clock.now();
-      await this.call("v1.subscriptions.advancePeriods", { now: now.toISOString() }).catch((err: Error) => this.logger.warn({ err: err.message }, "subscription periods not advanced"));
+      await this.callAsBilling("v1.subscriptions.advancePeriods", { now: now.toISOString() }).catch((err: Error) => this.logger.warn({ err: err.message }, "subscription periods not advanced"));
       const [lists, subs] = await Promise.all([
-        Promise.all(WATCHED_STATES.map((state) => this.drain("v1.deployments.list", { state, limit: 200 }))),
-        this.drain("v1.subscriptions.billable", { limit: 5000 }) as Promise<BillableSubscription[]>,
+        Promise.all(WATCHED_STATES.map((state) => this.drainAsBilling("v1.deployments.list", { state, limit: 200 }))),
+        this.drainAsBilling("v1.subscriptions.billable", { limit: 5000 }) as Promise<BillableSubscription[]>,
       ]);
       const deployments = new Map<string, Deployment>((lists.flat() as Deployment[]).map((d) => [d.id, d]));
       const subByDeployment = new Map(subs.map((s) => [s.deployment_id, s]));
@@ -206,9 +206,9 @@ export const BillingLoopMixin: Partial<ServiceSchema<any>> = {
     /** The first invoice of a deployment's subscription, if it is billable now and has none yet. */
     async issueFirst(this: any, deploymentId: string): Promise<InvoiceDto | null> {
       const now: Date = await this.clock.now();
-      const { deployment } = (await this.call("v1.deployments.find", { id: deploymentId })) as { deployment: Deployment };
+      const { deployment } = (await this.callAsBilling("v1.deployments.find", { id: deploymentId })) as { deployment: Deployment };
       if (!BILLED_STATES.has(deployment.state)) return null;
-      const [sub] = (await this.call("v1.subscriptions.billable", { deployment_ids: [deploymentId], limit: 1 })).items as BillableSubscription[];
+      const [sub] = (await this.callAsBilling("v1.subscriptions.billable", { deployment_ids: [deploymentId], limit: 1 })).items as BillableSubscription[];
       if (!sub) return null;
       const [{ n }] = await this.sql("select count(*)::int as n from invoices where subscription_id = ?", [sub.subscription_id]);
       if (n > 0) return null;
@@ -247,18 +247,18 @@ export const BillingLoopMixin: Partial<ServiceSchema<any>> = {
       try {
         now ??= await this.clock.now();
         for (let step = 0; step < 4; step++) {
-          const { deployment: d } = (await this.call("v1.deployments.find", { id: deploymentId })) as { deployment: Deployment };
+          const { deployment: d } = (await this.callAsBilling("v1.deployments.find", { id: deploymentId })) as { deployment: Deployment };
           await this.firstSight([d], now);
           const o: Observation | undefined = (await this.observations([d.id])).get(d.id);
           const [due] = await this.sql("select min(due_at) as due from invoices where deployment_id = ? and status = 'open'", [d.id]);
-          const subscribed = d.state === "trial" ? ((await this.call("v1.subscriptions.billable", { deployment_ids: [d.id], limit: 1 })).items.length > 0) : true;
+          const subscribed = d.state === "trial" ? ((await this.callAsBilling("v1.subscriptions.billable", { deployment_ids: [d.id], limit: 1 })).items.length > 0) : true;
           const trialEndsAt = date(d.trial_ends_at) ?? o?.trial_ends_at ?? null;
           const [next] = planMoves({ state: d.state, billingActionSuspended: d.billing_action_suspended, now: now!, oldestOpenDueAt: date(due?.due), trialEndsAt, subscribed, cancelledAt: o?.cancelled_at ?? null }, this.policy);
           if (!next) break;
           // A conversion by the run bills from the trial's end, whenever the run gets to it.
           if (next.reason === "trial_converted") await this.sql("update billing_deployments set converted_at = coalesce(converted_at, ?::timestamptz) where deployment_id = ?", [trialEndsAt!.toISOString(), d.id]);
           try {
-            await this.call("v1.deployments.transition", { id: d.id, to_state: next.to, reason: next.reason });
+            await this.callAsBilling("v1.deployments.transition", { id: d.id, to_state: next.to, reason: next.reason });
           } catch (err) {
             this.logger.warn({ deployment_id: d.id, from: d.state, to: next.to, err: (err as Error).message }, "billing move refused");
             break;
