@@ -190,7 +190,8 @@ export const BillingLoopMixin: Partial<ServiceSchema<any>> = {
      * conversion the clock's now), else the subscribe day; never before the subscribe day.
      */
     firstAnchor(s: BillableSubscription, o: Observation | undefined, now: Date): Date {
-      const started = date(s.started_at) ?? date(s.current_period_start)!;
+      // started_at is the billing clock's; a subscription written without it falls back to its (wall-clock) insert time.
+      const started = date(s.started_at) ?? new Date(Math.max(date(s.current_period_start)!.getTime(), date(s.inserted_at)!.getTime()));
       const trialEnd = o?.converted_at ?? (o?.trial_ends_at ? new Date(Math.min(o.trial_ends_at.getTime(), now.getTime())) : null);
       return trialEnd && trialEnd.getTime() > started.getTime() ? trialEnd : started;
     },
