@@ -1,5 +1,6 @@
 import { randomUUID } from "node:crypto";
 import type { EntityManager } from "@mikro-orm/postgresql";
+import { CompiledQuery } from "kysely";
 import { iso } from "../../lib/dto";
 import type { InvoiceDraft, InvoiceLineDraft } from "./pricing";
 
@@ -67,6 +68,15 @@ export async function readInvoices(em: EntityManager, tail: string, args: unknow
 /** A PostgreSQL array literal of uuids or integers (values we produced ourselves, never user text). */
 export const pgArray = (values: (string | number)[]) => `{${values.join(",")}}`;
 
+/**
+ * A statement with bound parameters ($1, $2, …) on the ORM's own pool. MikroORM's execute() inlines parameters into
+ * the SQL text; for a bulk write carrying a megabyte of JSON, binding it is cheaper for both sides.
+ */
+async function bound(em: EntityManager, sql: string, params: unknown[]): Promise<any[]> {
+  const res = await (em.getConnection().getClient() as any).executeQuery(CompiledQuery.raw(sql, params));
+  return res.rows;
+}
+
 export interface IssuedInvoice {
   event_id: number;
   invoice: InvoiceDto;
@@ -81,12 +91,12 @@ export async function insertInvoices(em: EntityManager, drafts: InvoiceDraft[], 
   const out: IssuedInvoice[] = [];
   for (let i = 0; i < drafts.length; i += chunk) {
     const part = drafts.slice(i, i + chunk).map((d) => ({ ...d, id: randomUUID(), lines: d.lines.map((l, position) => ({ ...l, position })) }));
-    const rows = await em.getConnection().execute(
+    const rows = await bound(em,
       `with src as (
-         select * from json_to_recordset(?::json) as x(id uuid, tenant_id text, deployment_id uuid, subscription_id uuid, period_start timestamptz, period_end timestamptz, currency text, total_cents integer, lines json)
+         select * from json_to_recordset($1::json) as x(id uuid, tenant_id text, deployment_id uuid, subscription_id uuid, period_start timestamptz, period_end timestamptz, currency text, total_cents integer, lines json)
        ), ins as (
          insert into invoices (id, tenant_id, deployment_id, subscription_id, period_start, period_end, currency, total_cents, status, issued_at, due_at)
-         select id, tenant_id, deployment_id, subscription_id, period_start, period_end, currency, total_cents, 'open', ?::timestamptz, ?::timestamptz from src
+         select id, tenant_id, deployment_id, subscription_id, period_start, period_end, currency, total_cents, 'open', $2::timestamptz, $3::timestamptz from src
          on conflict (subscription_id, period_start) do nothing
          returning id
        ), lines as (

@@ -127,10 +127,12 @@ export const BillingLoopMixin: Partial<ServiceSchema<any>> = {
      */
     async runBilling(this: any): Promise<RunResult> {
       const now: Date = await this.clock.now();
-      await this.callAsBilling("v1.subscriptions.advancePeriods", { now: now.toISOString() }).catch((err: Error) => this.logger.warn({ err: err.message }, "subscription periods not advanced"));
+      // Subscriptions' periods follow the clock; nothing below reads them, so it runs beside the reads.
+      const periods = this.callAsBilling("v1.subscriptions.advancePeriods", { now: now.toISOString() }).catch((err: Error) => this.logger.warn({ err: err.message }, "subscription periods not advanced"));
       const [lists, subs] = await Promise.all([
         Promise.all(WATCHED_STATES.map((state) => this.drainAsBilling("v1.deployments.list", { state, limit: 200 }))),
         this.drainAsBilling("v1.subscriptions.billable", { limit: 5000 }) as Promise<BillableSubscription[]>,
+        periods,
       ]);
       const deployments = new Map<string, Deployment>((lists.flat() as Deployment[]).map((d) => [d.id, d]));
       const subByDeployment = new Map(subs.map((s) => [s.deployment_id, s]));
@@ -341,7 +343,7 @@ export const BillingLoopMixin: Partial<ServiceSchema<any>> = {
     /** Sends billing.invoice.<type> {invoice, event_id} for outbox rows and marks them published. */
     async publish(this: any, type: "issued" | "paid" | "overdue", items: IssuedInvoice[]) {
       if (!items.length) return;
-      for (const it of items) await this.broker.emit(`billing.invoice.${type}`, { invoice: it.invoice, event_id: it.event_id });
+      await Promise.all(items.map((it) => this.broker.emit(`billing.invoice.${type}`, { invoice: it.invoice, event_id: it.event_id })));
       await this.sql("update invoice_events set published_at = now() where id = any(?::bigint[]) and published_at is null", [pgArray(items.map((i) => i.event_id))]);
     },
     /** Outbox rows a crash left unpublished (older than a sweep period), claimed with skip locked. */
