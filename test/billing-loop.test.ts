@@ -1,6 +1,7 @@
 import type { ServiceBroker } from "moleculer";
 import { Client } from "pg";
-import { apiUrl, client, startNode, token, uniq, waitFor, asAdmin, newNamespace } from "./helpers";
+import { Errors } from "moleculer";
+import { actionFaults, apiUrl, client, startNode, token, uniq, waitFor, asAdmin, newNamespace } from "./helpers";
 import { clockNow, freshMonth, setClock } from "./billing-clock";
 import { clockFor } from "../services/billing/clock";
 
@@ -23,11 +24,13 @@ const plan = uniq("bl-plan"); // 4900 USD
 const addon = uniq("bl-addon"); // 750 USD
 
 const billing = { testClock: true, runMs: 0, eventSweepMs: 0 };
+const faults = actionFaults();
 
 beforeAll(async () => {
   const ns = newNamespace();
-  a = await startNode(["api", "deployments", "subscriptions", "billing"], { nats: ns, settings: { billing } });
-  b = await startNode(["billing"], { nats: ns, settings: { billing } });
+  a = await startNode(["api", "deployments", "subscriptions", "billing"], { nats: ns, settings: { billing }, middlewares: [faults.middleware] });
+  // The second node also sweeps the invoice events' outbox.
+  b = await startNode(["billing"], { nats: ns, settings: { billing: { ...billing, eventSweepMs: 300 } }, middlewares: [faults.middleware] });
   a.createService({
     name: "billing-listener",
     events: {
@@ -274,6 +277,39 @@ test("two billing nodes running the same period start at once issue each invoice
   expect(moves.rows.every((r) => r.n === 1)).toBe(true);
   const issued = await pg.query("select count(*)::int as n from invoice_events e join invoices i on i.id = e.invoice_id where i.deployment_id = any($1::uuid[]) and e.type = 'issued'", [ids]);
   expect(issued.rows[0].n).toBe(24);
+});
+
+test("a lost first-invoice call loses nothing: the next run issues it, prorated from the subscribe day", async () => {
+  const m = await freshMonth(op);
+  await setClock(op, m.day(20));
+  const d = await deployment(t1);
+  faults.fail("v1.billing.issueInitial", () => new Errors.MoleculerRetryableError("billing node lost", 503, "SERVICE_UNAVAILABLE"));
+  try {
+    await subscribe(t1, d.id);
+  } finally {
+    faults.clear();
+  }
+  expect(await invoicesOf(d.id)).toEqual([]);
+  await setClock(op, m.day(24));
+  const [inv] = await invoicesOf(d.id);
+  // From the 20th: 12 of 31 days, at the plan's newest price (5900 since the month-start test above). 5900 × 12/31 = 2283.87 → 2284; 750 × 2 × 12/31 = 580.65 → 581.
+  expect(amounts(inv)).toEqual([["plan", plan, 1, 5900, 2284], ["addon", addon, 2, 750, 581]]);
+  expect(inv.issued_at).toBe(m.day(24));
+});
+
+test("invoice events are at least once: an event a crash left unpublished is sent by the outbox sweep", async () => {
+  const d = await deployment(t1);
+  await subscribe(t1, d.id);
+  const [inv] = await invoicesOf(d.id);
+  const sent = () => heard.filter((h) => h.type === "issued" && h.invoice.id === inv.id).length;
+  await waitFor(async () => sent() === 1, { what: "the first billing.invoice.issued" });
+  // As if the node died between the commit and the publish.
+  await pg.query("update invoice_events set published_at = null where invoice_id = $1 and type = 'issued'", [inv.id]);
+  await waitFor(async () => sent() === 2, { timeoutMs: 20_000, what: "the sweep to send it again" });
+  const again = heard.filter((h) => h.type === "issued" && h.invoice.id === inv.id);
+  expect(again[1].invoice).toEqual(inv);
+  expect(again[1].event_id).toBe(again[0].event_id); // same outbox row: consumers dedupe by event_id
+  await waitFor(async () => (await pg.query("select published_at from invoice_events where invoice_id = $1 and type = 'issued'", [inv.id])).rows[0].published_at !== null, { what: "marked published" });
 });
 
 describe("access", () => {

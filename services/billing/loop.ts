@@ -317,6 +317,8 @@ export const BillingLoopMixin: Partial<ServiceSchema<any>> = {
      */
     async observe(this: any, payload: { deployment: Deployment; event: { id: number; from_state: string | null; to_state: string } }) {
       const { deployment: d, event: e } = payload;
+      // Only moves into or out of trial and cancelled carry a billing date; the rest cost billing no write.
+      if (![e.from_state, e.to_state].some((s) => s === "trial" || s === "cancelled")) return;
       const now: Date = await this.clock.now();
       const trialEnds = e.to_state === "trial" ? (date(d.trial_ends_at) ?? new Date(now.getTime() + this.settings.trialDays * DAY_MS)) : null;
       const converted = e.from_state === "trial" && e.to_state === "active";
