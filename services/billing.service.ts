@@ -1,4 +1,5 @@
 import type { ServiceSchema } from "moleculer";
+import { LockMode } from "@mikro-orm/core";
 import { Errors } from "moleculer";
 import { currentUser, listTenant, visibleTo, type ActionCtx } from "../lib/access";
 import { dollarsToCents, type Balance } from "../lib/digitalocean";
@@ -10,7 +11,7 @@ import { DEPLOYMENT_STATES } from "../entities/deployment";
 import { Invoice, InvoiceLine, INVOICE_STATUSES, type InvoiceStatus } from "../entities/invoice";
 import { doClientFrom, provider } from "../lib/provider";
 import { BillingLoopMixin, type RunResult } from "./billing/loop";
-import { readInvoices, type InvoiceDto } from "./billing/invoices";
+import { invoiceDto, readInvoices, type InvoiceDto } from "./billing/invoices";
 
 export type { RunResult, BillingMove } from "./billing/loop";
 export type { InvoiceDto } from "./billing/invoices";
@@ -389,24 +390,24 @@ const BillingService: ServiceSchema<any> = {
       if (!inv || !visibleTo(user, inv.tenant_id)) throw notFound("Invoice", id);
       return inv;
     },
-    /** pay / void: only an open invoice, in one statement; then its deployment settles (a payment may restore it). */
+    /** pay / void: only an open invoice, under its row lock; then its deployment settles (a payment may restore it). */
     async closeInvoice(this: any, ctx: ActionCtx<unknown>, id: string, status: "paid" | "void", reference: string | null) {
       if (!UUID.test(id)) throw notFound("Invoice", id);
       const now: Date = await this.clock.now();
-      const event = await emOf(ctx).transactional(async (tx: any) => {
-        const set = status === "paid" ? "paid_at = ?::timestamptz, payment_reference = ?" : "voided_at = ?::timestamptz, payment_reference = coalesce(?, payment_reference)";
-        const [row] = await tx.execute(`update invoices set status = ?, ${set} where id = ? and status = 'open' returning id`, [status, now.toISOString(), reference, id]);
-        if (!row) {
-          const [cur] = await tx.execute("select status from invoices where id = ?", [id]);
-          if (!cur) throw notFound("Invoice", id);
-          throw conflict(`Invoice ${id} is ${cur.status}, not open`, "INVOICE_NOT_OPEN", { id, status: cur.status });
-        }
-        if (status !== "paid") return null;
-        const [ev] = await tx.execute("insert into invoice_events (invoice_id, type) values (?, 'paid') on conflict (invoice_id, type) do nothing returning id", [id]);
-        return ev ? Number(ev.id) : null;
+      const { invoice, eventId } = await emOf(ctx).transactional(async (tx) => {
+        const inv = await tx.findOne(Invoice, { id }, { lockMode: LockMode.PESSIMISTIC_WRITE });
+        if (!inv) throw notFound("Invoice", id);
+        if (inv.status !== "open") throw conflict(`Invoice ${id} is ${inv.status}, not open`, "INVOICE_NOT_OPEN", { id, status: inv.status });
+        inv.status = status;
+        if (status === "paid") inv.paid_at = now;
+        else inv.voided_at = now;
+        if (reference !== null) inv.payment_reference = reference;
+        await tx.flush();
+        const [ev] = status === "paid" ? await tx.execute("insert into invoice_events (invoice_id, type) values (?, 'paid') on conflict (invoice_id, type) do nothing returning id", [id]) : [];
+        const lines = await tx.find(InvoiceLine, { invoice_id: id }, { orderBy: { position: "asc" } });
+        return { invoice: invoiceDto(inv, lines), eventId: ev ? Number(ev.id) : null };
       });
-      const [invoice] = await readInvoices(emOf(ctx), "where i.id = ?", [id]);
-      if (event !== null) await this.publish("paid", [{ event_id: event, invoice }]);
+      if (eventId !== null) await this.publish("paid", [{ event_id: eventId, invoice }]);
       // Nothing overdue left: past_due/suspended go back to active now rather than at the next run.
       await this.settle(invoice.deployment_id, now, { waitMs: 3000 }).catch((err: Error) => this.logger.warn({ err: err.message, deployment_id: invoice.deployment_id }, "settle after payment left to the next run"));
       return { invoice };

@@ -227,6 +227,7 @@ test("paying at past_due and at suspended brings the deployment back to active a
   const paid = await op.post(`/invoices/${inv.id}/pay`, { reference: "ch_123" });
   expect(paid.status).toBe(200);
   expect(paid.body.invoice).toMatchObject({ id: inv.id, status: "paid", paid_at: m.day(23) });
+  expect((await op.get(`/invoices/${inv.id}`)).body.invoice).toEqual(paid.body.invoice); // the ORM and the raw read agree
   expect(await stateOf(d.id)).toBe("active");
   const events = (await op.get(`/deployments/${d.id}`)).body.events;
   expect(events[events.length - 1]).toMatchObject({ from_state: "past_due", to_state: "active", reason: "payment_received", actor: "system:billing" });
@@ -329,6 +330,17 @@ describe("access", () => {
     expect(fwd.status).toBe(200);
     expect(fwd.body.now).toBe(new Date(now.getTime() + 86_400_000).toISOString());
     expect(Array.isArray(fwd.body.moves) && typeof fwd.body.invoices_issued === "number").toBe(true);
+  });
+
+  test("two payments of one invoice at once: one is paid, the other is 409 INVOICE_NOT_OPEN", async () => {
+    const d = await deployment(t1);
+    await subscribe(t1, d.id);
+    const [inv] = await invoicesOf(d.id);
+    const answers = await Promise.all([op.post(`/invoices/${inv.id}/pay`, { reference: "a" }), op.post(`/invoices/${inv.id}/pay`, { reference: "b" }), op.post(`/invoices/${inv.id}/void`)]);
+    expect(answers.map((r) => r.status).sort()).toEqual([200, 409, 409]);
+    expect(answers.filter((r) => r.status === 409).every((r) => r.body.type === "INVOICE_NOT_OPEN")).toBe(true);
+    expect((await pg.query("select count(*)::int as n from invoice_events where invoice_id = $1 and type = 'paid'", [inv.id])).rows[0].n).toBeLessThanOrEqual(1);
+    expect((await op.post("/invoices/00000000-0000-4000-8000-000000000000/pay", {})).status).toBe(404);
   });
 
   test("another tenant's invoices are 404 and never listed", async () => {
