@@ -28,6 +28,7 @@ export class Migration20261202005000_billing extends Migration {
       paid_at timestamptz(3) null,
       voided_at timestamptz(3) null,
       payment_reference text null,
+      overdue_at timestamptz(3) null,
       inserted_at timestamptz(3) not null default now(),
       constraint invoices_subscription_period_unique unique (subscription_id, period_start)
     )`);
@@ -46,14 +47,15 @@ export class Migration20261202005000_billing extends Migration {
       amount_cents integer not null check (amount_cents >= 0),
       primary key (invoice_id, position)
     )`);
-    // The outbox of billing.invoice.{issued,paid,overdue}: each happens once per invoice, published at least once.
+    // The outbox of billing.invoice.{issued,paid,overdue}, published at least once. Each happens once per invoice (the
+    // insert, the open → paid move under the row lock, overdue_at set once); one row names every invoice a statement
+    // touched, so a month start's 10,000 invoices cost a handful of outbox rows, not 10,000.
     this.addSql(`create table invoice_events (
       id bigserial primary key,
-      invoice_id uuid not null references invoices (id) on delete cascade deferrable initially deferred,
       type text not null check (type in ('issued','paid','overdue')),
+      invoice_ids uuid[] not null,
       occurred_at timestamptz(3) not null default now(),
-      published_at timestamptz(3) null,
-      constraint invoice_events_once unique (invoice_id, type)
+      published_at timestamptz(3) null
     )`);
     this.addSql(`create index invoice_events_unpublished_idx on invoice_events (id) where published_at is null`);
     this.addSql(`create table billing_deployments (

@@ -403,11 +403,12 @@ const BillingService: ServiceSchema<any> = {
         else inv.voided_at = now;
         if (reference !== null) inv.payment_reference = reference;
         await tx.flush();
-        const [ev] = status === "paid" ? await tx.execute("insert into invoice_events (invoice_id, type) values (?, 'paid') on conflict (invoice_id, type) do nothing returning id", [id]) : [];
+        // Once per invoice: only the one request that found it open under the lock gets here.
+        const [ev] = status === "paid" ? await tx.execute("insert into invoice_events (type, invoice_ids) values ('paid', ?::uuid[]) returning id", [`{${id}}`]) : [];
         const lines = await tx.find(InvoiceLine, { invoice_id: id }, { orderBy: { position: "asc" } });
         return { invoice: invoiceDto(inv, lines), eventId: ev ? Number(ev.id) : null };
       });
-      if (eventId !== null) await this.publish("paid", [{ event_id: eventId, invoice }]);
+      if (eventId !== null) await this.publish("paid", [{ outbox_id: eventId, invoice }]);
       // Nothing overdue left: past_due/suspended go back to active now rather than at the next run.
       await this.settle(invoice.deployment_id, now, { waitMs: 3000 }).catch((err: Error) => this.logger.warn({ err: err.message, deployment_id: invoice.deployment_id }, "settle after payment left to the next run"));
       return { invoice };

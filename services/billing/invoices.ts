@@ -77,15 +77,18 @@ async function bound(em: EntityManager, sql: string, params: unknown[]): Promise
   return res.rows;
 }
 
+/** An invoice event to publish: the invoice and the outbox row that names it. */
 export interface IssuedInvoice {
-  event_id: number;
+  outbox_id: number;
   invoice: InvoiceDto;
 }
+/** Each event happens once per invoice and type, so this id is what consumers dedupe re-sends by. */
+export const invoiceEventId = (type: string, invoiceId: string) => `${invoiceId}:${type}`;
 
 /**
  * Writes invoices and their lines in one statement each chunk; (subscription_id, period_start) is unique, so a
  * draft another node (or an earlier run) already wrote is skipped by the database, and only invoices this call
- * really inserted come back (with the id of their `issued` outbox event) — whatever runs overlap.
+ * really inserted come back (with the id of the `issued` outbox row naming them) — whatever runs overlap.
  */
 export async function insertInvoices(em: EntityManager, drafts: InvoiceDraft[], issuedAt: Date, dueAt: Date, chunk = 2000): Promise<IssuedInvoice[]> {
   const out: IssuedInvoice[] = [];
@@ -104,14 +107,16 @@ export async function insertInvoices(em: EntityManager, drafts: InvoiceDraft[], 
          select s.id, l.position, l.kind, l.code, l.description, l.qty, l.unit_price_cents, l.amount_cents
          from src s join ins on ins.id = s.id
          cross join lateral json_to_recordset(s.lines) as l(position integer, kind text, code text, description text, qty integer, unit_price_cents integer, amount_cents integer)
+       ), ev as (
+         insert into invoice_events (type, invoice_ids) select 'issued', array_agg(id) from ins having count(*) > 0 returning id
        )
-       insert into invoice_events (invoice_id, type) select id, 'issued' from ins returning id, invoice_id`,
+       select ins.id as invoice_id, (select id from ev) as outbox_id from ins`,
       [JSON.stringify(part), issuedAt.toISOString(), dueAt.toISOString()],
     );
     const byId = new Map(part.map((d) => [d.id, d]));
     for (const r of rows) {
       const d = byId.get(r.invoice_id)!;
-      out.push({ event_id: Number(r.id), invoice: invoiceDto({ ...d, status: "open", issued_at: issuedAt, due_at: dueAt, paid_at: null }, d.lines) });
+      out.push({ outbox_id: Number(r.outbox_id), invoice: invoiceDto({ ...d, status: "open", issued_at: issuedAt, due_at: dueAt, paid_at: null }, d.lines) });
     }
   }
   return out;

@@ -6,7 +6,7 @@ import type { DeploymentState } from "../../entities/deployment";
 import type { DeploymentDto } from "../deployments.service";
 import { clockFor, type BillingClock } from "./clock";
 import { planMoves, type BillingPolicy, type PlannedMove } from "./dunning";
-import { insertInvoices, pgArray, readInvoices, type InvoiceDto, type IssuedInvoice } from "./invoices";
+import { insertInvoices, invoiceEventId, pgArray, readInvoices, type InvoiceDto, type IssuedInvoice } from "./invoices";
 import { DAY_MS, draftInvoice, periodOf, type BillableSubscription, type InvoiceDraft } from "./pricing";
 
 /**
@@ -220,18 +220,21 @@ export const BillingLoopMixin: Partial<ServiceSchema<any>> = {
       return issued[0]?.invoice ?? null;
     },
 
+    /** Open invoices past due_at get overdue_at (once: a concurrent run's update finds it set) and one event each. */
     async markOverdue(this: any, now: Date) {
       const rows = await this.sql(
-        `insert into invoice_events (invoice_id, type)
-         select i.id, 'overdue' from invoices i
-         where i.status = 'open' and i.due_at <= ?::timestamptz and not exists (select 1 from invoice_events e where e.invoice_id = i.id and e.type = 'overdue')
-         on conflict (invoice_id, type) do nothing returning id, invoice_id`,
-        [now.toISOString()],
+        `with o as (
+           update invoices set overdue_at = ?::timestamptz where status = 'open' and due_at <= ?::timestamptz and overdue_at is null returning id
+         ), ev as (
+           insert into invoice_events (type, invoice_ids) select 'overdue', array_agg(id) from o having count(*) > 0 returning id
+         )
+         select o.id as invoice_id, (select id from ev) as outbox_id from o`,
+        [now.toISOString(), now.toISOString()],
       );
       if (!rows.length) return;
       const invoices: InvoiceDto[] = await readInvoices(this.orm.em.fork(), "where i.id = any(?::uuid[])", [pgArray(rows.map((r: any) => r.invoice_id))]);
       const byId = new Map(invoices.map((i) => [i.id, i]));
-      await this.publish("overdue", rows.map((r: any) => ({ event_id: Number(r.id), invoice: byId.get(r.invoice_id)! })));
+      await this.publish("overdue", rows.map((r: any) => ({ outbox_id: Number(r.outbox_id), invoice: byId.get(r.invoice_id)! })));
     },
 
     /**
@@ -342,23 +345,24 @@ export const BillingLoopMixin: Partial<ServiceSchema<any>> = {
       if (rows.length && converted) await this.issueFirst(d.id);
     },
 
-    /** Sends billing.invoice.<type> {invoice, event_id} for outbox rows and marks them published. */
+    /** Sends billing.invoice.<type> {invoice, event_id} for the given invoices and marks their outbox rows published. */
     async publish(this: any, type: "issued" | "paid" | "overdue", items: IssuedInvoice[]) {
       if (!items.length) return;
-      await Promise.all(items.map((it) => this.broker.emit(`billing.invoice.${type}`, { invoice: it.invoice, event_id: it.event_id })));
-      await this.sql("update invoice_events set published_at = now() where id = any(?::bigint[]) and published_at is null", [pgArray(items.map((i) => i.event_id))]);
+      await Promise.all(items.map((it) => this.broker.emit(`billing.invoice.${type}`, { invoice: it.invoice, event_id: invoiceEventId(type, it.invoice.id) })));
+      await this.sql("update invoice_events set published_at = now() where id = any(?::bigint[]) and published_at is null", [pgArray([...new Set(items.map((i) => i.outbox_id))])]);
     },
     /** Outbox rows a crash left unpublished (older than a sweep period), claimed with skip locked. */
     async publishLeftovers(this: any): Promise<number> {
       return this.orm.em.fork().transactional(async (tx: any) => {
         const rows = await tx.execute(
-          `select id, invoice_id, type from invoice_events where published_at is null and occurred_at < now() - (? * interval '1 millisecond') order by id limit 500 for update skip locked`,
+          `select id, type, invoice_ids from invoice_events where published_at is null and occurred_at < now() - (? * interval '1 millisecond') order by id limit 10 for update skip locked`,
           [this.settings.eventSweepMs],
         );
         if (!rows.length) return 0;
-        const invoices: InvoiceDto[] = await readInvoices(tx, "where i.id = any(?::uuid[])", [pgArray(rows.map((r: any) => r.invoice_id))]);
+        const ids = (r: any): string[] => (Array.isArray(r.invoice_ids) ? r.invoice_ids : String(r.invoice_ids).replace(/[{}]/g, "").split(",").filter(Boolean));
+        const invoices: InvoiceDto[] = await readInvoices(tx, "where i.id = any(?::uuid[])", [pgArray(rows.flatMap(ids))]);
         const byId = new Map(invoices.map((i) => [i.id, i]));
-        for (const r of rows) if (byId.has(r.invoice_id)) await this.broker.emit(`billing.invoice.${r.type}`, { invoice: byId.get(r.invoice_id), event_id: Number(r.id) });
+        for (const r of rows) for (const id of ids(r)) if (byId.has(id)) await this.broker.emit(`billing.invoice.${r.type}`, { invoice: byId.get(id), event_id: invoiceEventId(r.type, id) });
         await tx.execute("update invoice_events set published_at = now() where id = any(?::bigint[])", [pgArray(rows.map((r: any) => r.id))]);
         return rows.length;
       });
