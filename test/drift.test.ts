@@ -363,7 +363,7 @@ describe("droplets", () => {
 });
 
 describe("DNS records", () => {
-  const point = (t: { deployment_id: string; tenant_id: string; slug: string }, ipv4: string): Promise<any> => broker.call("v1.dns.point", { ...t, ipv4 }, asAdmin);
+  const point = (t: { deployment_id: string; tenant_id: string; slug: string }, ipv4: string): Promise<any> => broker.call("v1.dns.point", { deployment_id: t.deployment_id, tenant_id: t.tenant_id, slug: t.slug, ipv4 }, asAdmin);
   const target = () => {
     const tenant_id = uniq("acme");
     const slug = uniq("shop");
