@@ -41,6 +41,8 @@ export const BILLED_STATES: ReadonlySet<string> = new Set(["active", "past_due",
 /** States billing may move a deployment out of (the run reads these lists). */
 const WATCHED_STATES: DeploymentState[] = ["trial", "active", "past_due", "suspended", "paused", "cancelled"];
 const BILLING_USER: User = systemUser("billing");
+/** How many deployments one run settles at once (each is a handful of queries and one or two calls). */
+const SETTLE_CONCURRENCY = 8;
 const asBilling = { meta: { user: BILLING_USER } };
 const num = (v: string | undefined, dflt: number) => (v === undefined || v === "" ? dflt : Number(v));
 const date = (v: unknown): Date | null => (v == null ? null : new Date(v as string));
@@ -150,16 +152,20 @@ export const BillingLoopMixin: Partial<ServiceSchema<any>> = {
       // Overdue events (once per invoice), then the moves.
       await this.markOverdue(now);
       const dues = new Map<string, Date>((await this.sql("select deployment_id, min(due_at) as due from invoices where status = 'open' group by deployment_id")).map((r: any) => [r.deployment_id, new Date(r.due)]));
-      const moves: BillingMove[] = [];
-      for (const d of deployments.values()) {
+      // Deployments whose dates imply a move (by the lists just read) are settled, a few at a time, each afresh.
+      const due = [...deployments.values()].filter((d) => {
         const o = obs.get(d.id);
-        const plan = planMoves({
+        return planMoves({
           state: d.state, billingActionSuspended: d.billing_action_suspended, now, oldestOpenDueAt: dues.get(d.id) ?? null,
           trialEndsAt: date(d.trial_ends_at) ?? o?.trial_ends_at ?? null, subscribed: subByDeployment.has(d.id), cancelledAt: o?.cancelled_at ?? null,
-        }, this.policy);
-        if (plan.length) moves.push(...(await this.settle(d.id, now)).moves);
-      }
-      return { now: now.toISOString(), invoices_issued: issued.length, moves };
+        }, this.policy).length > 0;
+      });
+      const settled: BillingMove[][] = new Array(due.length);
+      let next = 0;
+      await Promise.all(Array.from({ length: Math.min(SETTLE_CONCURRENCY, due.length) }, async () => {
+        for (let i = next++; i < due.length; i = next++) settled[i] = (await this.settle(due[i].id, now)).moves;
+      }));
+      return { now: now.toISOString(), invoices_issued: issued.length, moves: settled.flat() };
     },
 
     /** Drafts of the invoices the given billable subscriptions still lack at `now`. */
