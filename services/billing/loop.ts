@@ -38,8 +38,10 @@ type Deployment = DeploymentDto & { trial_ends_at?: string | null };
 
 /** Deployments whose active subscription is invoiced; trial, paused and cancelled ones are not. */
 export const BILLED_STATES: ReadonlySet<string> = new Set(["active", "past_due", "suspended"]);
-/** States billing may move a deployment out of (the run reads these lists). */
-const WATCHED_STATES: DeploymentState[] = ["trial", "active", "past_due", "suspended", "paused", "cancelled"];
+/** States billing may move a deployment out of. */
+const WATCHED: ReadonlySet<string> = new Set(["trial", "active", "past_due", "suspended", "paused", "cancelled"]);
+/** Listed in full every run (few, and some have neither a subscription nor an invoice: trials, cancelled ones). */
+const LISTED_STATES: DeploymentState[] = ["trial", "past_due", "suspended", "paused", "cancelled"];
 const BILLING_USER: User = systemUser("billing");
 /** How many deployments one run settles at once (each is a handful of queries and one or two calls). */
 const SETTLE_CONCURRENCY = 8;
@@ -131,12 +133,18 @@ export const BillingLoopMixin: Partial<ServiceSchema<any>> = {
       const now: Date = await this.clock.now();
       // Subscriptions' periods follow the clock; nothing below reads them, so it runs beside the reads.
       const periods = this.callAsBilling("v1.subscriptions.advancePeriods", { now: now.toISOString() }).catch((err: Error) => this.logger.warn({ err: err.message }, "subscription periods not advanced"));
-      const [lists, subs] = await Promise.all([
-        Promise.all(WATCHED_STATES.map((state) => this.drainAsBilling("v1.deployments.list", { state, limit: 200 }))),
+      const [lists, subs, owing] = await Promise.all([
+        Promise.all(LISTED_STATES.map((state) => this.drainAsBilling("v1.deployments.list", { state, limit: 200 }))),
         this.drainAsBilling("v1.subscriptions.billable", { limit: 5000 }) as Promise<BillableSubscription[]>,
+        this.sql("select distinct deployment_id from invoices where status = 'open'"),
         periods,
       ]);
       const deployments = new Map<string, Deployment>((lists.flat() as Deployment[]).map((d) => [d.id, d]));
+      // The (many) deployments with a subscription or an open invoice are read by id, 5000 to a call.
+      const byId = [...new Set([...subs.map((s) => s.deployment_id), ...owing.map((r: any) => r.deployment_id as string)])].filter((id) => !deployments.has(id));
+      for (let i = 0; i < byId.length; i += 5000) {
+        for (const d of (await this.callAsBilling("v1.deployments.byIds", { ids: byId.slice(i, i + 5000) })).items as Deployment[]) if (WATCHED.has(d.state)) deployments.set(d.id, d);
+      }
       const subByDeployment = new Map(subs.map((s) => [s.deployment_id, s]));
 
       // What billing has not observed yet it records now, at first sight: a trial's end, a cancellation's time.
