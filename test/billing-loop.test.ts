@@ -1,7 +1,7 @@
 import type { ServiceBroker } from "moleculer";
 import { Client } from "pg";
 import { Errors } from "moleculer";
-import { actionFaults, apiUrl, client, startNode, token, uniq, waitFor, asAdmin, newNamespace } from "./helpers";
+import { actionFaults, apiUrl, client, startNode, token, uniq, waitFor, asAdmin, asTenant, newNamespace } from "./helpers";
 import { clockNow, freshMonth, setClock } from "./billing-clock";
 import { clockFor } from "../services/billing/clock";
 
@@ -335,6 +335,17 @@ describe("access", () => {
     expect(fwd.status).toBe(200);
     expect(fwd.body.now).toBe(new Date(now.getTime() + 86_400_000).toISOString());
     expect(Array.isArray(fwd.body.moves) && typeof fwd.body.invoices_issued === "number").toBe(true);
+  });
+
+  test("the internal actions billing adds or uses refuse tenants (403) and are not on HTTP", async () => {
+    const tenantCall = asTenant(T1);
+    for (const [action, params] of [
+      ["v1.billing.now", {}], ["v1.billing.overdue", { deployment_id: "00000000-0000-4000-8000-000000000000" }], ["v1.billing.issueInitial", { deployment_id: "00000000-0000-4000-8000-000000000000" }],
+      ["v1.subscriptions.billable", {}], ["v1.subscriptions.advancePeriods", { now: new Date().toISOString() }], ["v1.deployments.byIds", { ids: [] }],
+    ] as const) {
+      await expect(a.call(action, params, tenantCall)).rejects.toMatchObject({ code: 403 });
+    }
+    expect((await op.get("/billing/now")).status).toBe(404);
   });
 
   test("two payments of one invoice at once: one is paid, the other is 409 INVOICE_NOT_OPEN", async () => {
