@@ -255,12 +255,14 @@ describe("GET /billing/balance", () => {
 
   test("the seeded tenants' share of MRR, by hand, through the internal action", async () => {
     const { items } = (await broker.call("v1.subscriptions.listForRevenue", { tenant_id: A }, asAdmin)) as any;
-    expect(items).toHaveLength(3);
+    // alpha and beta; delta's subscription is paused with its deployment (SPEC §2), so it earns nothing.
+    expect(items).toHaveLength(2);
+    expect(items.find((s: any) => s.deployment_id === d.delta.id)).toBeUndefined();
     const alpha = items.find((s: any) => s.deployment_id === d.alpha.id);
     expect(alpha).toMatchObject({ tenant_id: A, status: "active", plan_version: { price_cents: 4900, currency: "USD" }, addons: [{ code: "storage_50gb", unit_price_cents: 750, currency: "USD", qty: 2 }] });
     // Paging by cursor returns the same set.
-    const p1 = (await broker.call("v1.subscriptions.listForRevenue", { tenant_id: A, limit: 2 }, asAdmin)) as any;
-    const p2 = (await broker.call("v1.subscriptions.listForRevenue", { tenant_id: A, limit: 2, cursor: p1.next_cursor }, asAdmin)) as any;
+    const p1 = (await broker.call("v1.subscriptions.listForRevenue", { tenant_id: A, limit: 1 }, asAdmin)) as any;
+    const p2 = (await broker.call("v1.subscriptions.listForRevenue", { tenant_id: A, limit: 1, cursor: p1.next_cursor }, asAdmin)) as any;
     expect(p2.next_cursor).toBeNull();
     expect([...p1.items, ...p2.items].map((s: any) => s.subscription_id).sort()).toEqual(items.map((s: any) => s.subscription_id).sort());
     const tenant = { meta: { user: makeUser({ sub: "x", tenant_id: A, roles: ["admin"] }) } };
