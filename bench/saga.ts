@@ -9,6 +9,7 @@ import { migrate } from "../lib/db";
 import { mintToken } from "../bin/token";
 import { freshDatabase, Meter, pct, startProcess, table, waitForHttp, writeJson, type Window } from "./lib";
 import type { PgProfile } from "./pg-profile";
+import { describeProfile, nowUs, readProfile, type Span } from "./cpu-prof";
 
 /**
  * bench:saga — what a saga costs, per unit of work (issue 13). Gateway, services (deployments, subscriptions,
@@ -415,10 +416,13 @@ async function main() {
     // ---------- phase 1: provisioning ----------
     let before = idle1;
     let load0 = loadavg()[0];
+    const spans: Span[] = [];
     profileCut(); // the warm-up's profile ends here
     meter.start();
+    let fromUs = nowUs();
     const prov = await runProvision("s", SAGAS, tokens);
     let w = meter.stop();
+    spans.push({ name: "provision phase", unit: "saga", units: SAGAS, fromUs, toUs: nowUs() });
     let load1 = loadavg()[0];
     await sleep(STATS_SETTLE_MS);
     let after = await dbStats(stats);
@@ -436,8 +440,10 @@ async function main() {
       load0 = loadavg()[0];
       profileCut(); // the provision phase's profile ends here
       meter.start();
+      fromUs = nowUs();
       const rt = await runRoundTrips(provisioned, tokens);
       w = meter.stop();
+      spans.push({ name: "lifecycle phase", unit: "round trip", units: rt.outcomes.length, fromUs, toUs: nowUs() });
       load1 = loadavg()[0];
       await sleep(STATS_SETTLE_MS);
       after = await dbStats(stats);
@@ -472,6 +478,7 @@ async function main() {
     stopping = true;
     await stopNodes(nodes.filter((n) => n.name !== "sim"));
     if (PROFILE) printProfiles(profileDir, phases);
+    if (CPU_PROF) printCpuProfiles(CPU_PROF, nodes, spans);
 
     // ---------- checks ----------
     const state: any = await (await fetch(`${SIM}/v2/_sim/state`)).json();
@@ -531,6 +538,20 @@ function printProfiles(dir: string, phases: PhaseFigures[]) {
       console.log(`  ${"".padEnd(12)} ${stmts.slice(0, 9).map(([k, v]) => `${k} ${per(v.n).toFixed(1)}`).join(", ")}`);
     }
   });
+}
+
+/** BENCH_CPU_PROF=dir: where each node's CPU went in each phase, from its --cpu-prof profile (bench/cpu-prof). */
+function printCpuProfiles(dir: string, nodes: Node[], spans: Span[]) {
+  console.log(`\nCPU profiles (self time by package or file, per unit; ${dir}):`);
+  for (const n of nodes) {
+    const file = readdirSync(dir).find((f) => f.endsWith(".cpuprofile") && f.split(".")[3] === String(n.child.pid));
+    if (!file) {
+      if (n.name !== "sim") console.log(`  ${n.name}: no profile written (pid ${n.child.pid})`);
+      continue;
+    }
+    console.log(`  ${n.name}: ${join(dir, file)}`);
+    console.log(describeProfile(n.name, readProfile(join(dir, file)), spans).join("\n"));
+  }
 }
 
 setTimeout(() => {
