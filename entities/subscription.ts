@@ -18,6 +18,8 @@ export const Subscription = defineEntity({
     trial_ends_at: p.datetime(3).nullable(),
     inserted_at: p.datetime(3),
     updated_at: p.datetime(3),
+    /** The deployment event whose state `status` follows; older (re-published) events are ignored. */
+    status_event_id: p.bigint("number").nullable(),
     version: p.integer().version(),
   },
 });

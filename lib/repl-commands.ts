@@ -63,13 +63,16 @@ export const replCommands = [
   },
   {
     command: "sagas",
-    description: "List provisioning sagas (newest first)",
-    options: [{ option: "--status <status>", description: "running | succeeded | compensating | compensated | compensation_failed" }],
+    description: "List sagas of every kind (newest first)",
+    options: [
+      { option: "--status <status>", description: "running | succeeded | failed | compensating | compensated | compensation_failed" },
+      { option: "--kind <kind>", description: "provision | power_off | power_on | decommission" },
+    ],
     action: (broker: ServiceBroker, args: { options: Row }) =>
       guarded(async () => {
-        const res = await broker.call<{ items: any[] }, Row>("v1.provisioning.list", { status: args.options.status }, meta);
+        const res = await broker.call<{ items: any[] }, Row>("v1.provisioning.list", { status: args.options.status, kind: args.options.kind }, meta);
         const rows = res.items.map((s) => ({ ...s, progress: `${s.steps.filter((st: any) => st.status === "succeeded").length}/${s.steps.length}` }));
-        print(formatTable(rows, ["id", "deployment_id", "status", "progress", "started_at", "finished_at", "error"]));
+        print(formatTable(rows, ["id", "kind", "deployment_id", "status", "progress", "started_at", "finished_at", "error"]));
       }),
   },
   {

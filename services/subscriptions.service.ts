@@ -8,7 +8,9 @@ import { DbMixin, emOf } from "../lib/db";
 import { currentUser, requireOperator, visibleTo, type ActionCtx } from "../lib/access";
 import { conflict, invalid, mapDbError, notFound } from "../lib/errors";
 import { iso, isoSql } from "../lib/dto";
+import { subscriptionStatusFor } from "../lib/lifecycle";
 import type { DeploymentDto } from "./deployments.service";
+import { SubscriptionStatusMixin } from "./subscriptions/status";
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 const CODE = { type: "string", pattern: "^[a-z0-9][a-z0-9_-]{0,62}$", messages: { stringPattern: "'{field}' must be a lowercase code (a-z, 0-9, '_', '-')" } };
@@ -65,7 +67,7 @@ const addonDto = (a: Addon) => ({ code: a.code, name: a.name, unit_price_cents: 
 const SubscriptionsService: ServiceSchema<any> = {
   name: "subscriptions",
   version: 1,
-  mixins: [DbMixin([Plan, PlanVersion, Addon, Subscription, SubscriptionAddon, SubscriptionChange])],
+  mixins: [DbMixin([Plan, PlanVersion, Addon, Subscription, SubscriptionAddon, SubscriptionChange]), SubscriptionStatusMixin],
 
   actions: {
     // ---- catalog ----
@@ -167,7 +169,7 @@ const SubscriptionsService: ServiceSchema<any> = {
       },
       async handler(this: any, ctx: ActionCtx<SubscribeParams>) {
         const user = currentUser(ctx);
-        const deployment = await this.deploymentFor(ctx, ctx.params.id);
+        const deployment = await this.billableDeployment(ctx, ctx.params.id);
         const p = ctx.params;
         const codes = (p.addons ?? []).map((a) => a.code);
         if (new Set(codes).size !== codes.length) throw invalid("Each addon may appear once in 'addons'", [{ field: "addons" }]);
@@ -179,9 +181,9 @@ const SubscriptionsService: ServiceSchema<any> = {
             const version = await this.newestVersion(tx, p.plan_code);
             const addons = await this.addonsByCode(tx, codes);
             const s = tx.create(Subscription, {
-              id: randomUUID(), deployment_id: deployment.id, tenant_id: deployment.tenant_id, plan_code: version.plan_code, plan_version_id: version.id, status: "active",
+              id: randomUUID(), deployment_id: deployment.id, tenant_id: deployment.tenant_id, plan_code: version.plan_code, plan_version_id: version.id, status: subscriptionStatusFor(deployment.state) ?? "active",
               current_period_start: period.start, current_period_end: period.end,
-              trial_ends_at: deployment.state === "trial" ? period.end : null, inserted_at: now, updated_at: now,
+              trial_ends_at: deployment.state === "trial" ? (deployment.trial_ends_at ? new Date(deployment.trial_ends_at) : period.end) : null, inserted_at: now, updated_at: now,
             } as any);
             for (const a of p.addons ?? []) this.snapshotAddon(tx, s.id, addons.get(a.code)!, a.qty, now);
             tx.create(SubscriptionChange, { id: randomUUID(), subscription_id: s.id, from_plan_version_id: null, to_plan_version_id: version.id, actor: user.sub, occurred_at: now });
@@ -199,7 +201,7 @@ const SubscriptionsService: ServiceSchema<any> = {
       access: "scoped",
       params: { id: { type: "string" }, code: { type: "string", min: 1, max: 64 }, qty: { ...QTY, optional: true } },
       async handler(this: any, ctx: ActionCtx<AttachAddonParams>) {
-        await this.deploymentFor(ctx, ctx.params.id);
+        await this.billableDeployment(ctx, ctx.params.id);
         const p = ctx.params;
         const em = emOf(ctx);
         const sub = await this.subscriptionOf(em, ctx.params.id);
@@ -219,7 +221,7 @@ const SubscriptionsService: ServiceSchema<any> = {
       params: { id: { type: "string" }, plan_code: { type: "string", min: 1, max: 64, optional: true }, version: { type: "number", integer: true, min: 1, optional: true } },
       async handler(this: any, ctx: ActionCtx<ChangePlanParams>) {
         const user = currentUser(ctx);
-        await this.deploymentFor(ctx, ctx.params.id);
+        await this.billableDeployment(ctx, ctx.params.id);
         const p = ctx.params;
         if (p.plan_code === undefined && p.version === undefined) throw invalid("Give 'plan_code' and/or 'version'");
         const em = emOf(ctx);

@@ -59,7 +59,7 @@ test("deployments, deployment, sagas and saga print the cluster's rows", async (
   expect(out).toMatch(/subscription studio v\d+ \d+ USD\/month, active, addons: dedicated_ip×2@400/);
   expect(row("created")).toMatch(/-\s+trial\s+created\s+rita/);
   // sagas: ours among the succeeded, 7/7
-  expect(row(sagaId)).toMatch(new RegExp(`${sagaId}\\s+${prov.body.deployment.id}\\s+succeeded\\s+7/7`));
+  expect(row(sagaId)).toMatch(new RegExp(`${sagaId}\\s+provision\\s+${prov.body.deployment.id}\\s+succeeded\\s+7/7`));
   // saga: every step as a row
   expect(out).toContain(`saga ${sagaId}  deployment ${prov.body.deployment.id}  succeeded`);
   for (const step of ["mark_deployment_provisioning", "create_droplet", "wait_droplet_active", "register_inventory", "link_deployment_resource", "point_deployment_dns", "activate_deployment"]) {
