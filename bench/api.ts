@@ -63,7 +63,7 @@ function run(title: string, url: string, pick: Pick, meter: Meter, duration = DU
   }).then((r) => {
     const w = meter.stop();
     const non2xx = r.non2xx + r.errors;
-    console.log(`${title.padEnd(44)} ${r.requests.average.toFixed(0).padStart(7)} req/s   p50 ${String(r.latency.p50).padStart(4)} ms   p99 ${String(r.latency.p99).padStart(4)} ms${non2xx ? `   (${non2xx} non-2xx/errors!)` : ""}`);
+    console.log(`${title.padEnd(50)} ${r.requests.average.toFixed(0).padStart(7)} req/s   p50 ${String(r.latency.p50).padStart(4)} ms   p99 ${String(r.latency.p99).padStart(4)} ms${non2xx ? `   (${non2xx} non-2xx/errors!)` : ""}`);
     return { title, result: r, w, requests: Math.max(1, r.requests.total) };
   });
 }

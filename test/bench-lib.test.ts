@@ -1,5 +1,6 @@
 import { createServer } from "node:net";
 import type { AddressInfo } from "node:net";
+import { categoryOf, selfTimeByCategory } from "../bench/cpu-prof";
 import { classifyPgTitle, CLK_TCK, cpuSeconds, listenerPid, memoryOf, Meter, pct, PostgresCpuMeter, table } from "../bench/lib";
 
 /** The measuring parts of the benchmarks (bench/lib.ts): what they read from /proc and how they print it. */
@@ -63,5 +64,35 @@ describe("bench lib", () => {
     expect(w.cpu.bench).toBeCloseTo(w.cpu.self, 5); // the bench is this process too
     expect(w.peakRss.self).toBeGreaterThan(1 << 20);
     expect(w.postgres.backends).toBeGreaterThanOrEqual(0);
+  });
+});
+
+describe("bench cpu-prof", () => {
+  test("self time goes to the package, our file, Node's module or V8's bucket", () => {
+    expect(categoryOf("file:///w/node_modules/@mikro-orm/core/entity/EntityFactory.js", "create")).toBe("@mikro-orm/core");
+    expect(categoryOf("file:///w/node_modules/a/node_modules/pg/lib/client.js", "query")).toBe("pg");
+    expect(categoryOf("file:///w/dist/services/provisioning/engine.js", "drive")).toBe("ours: services/provisioning/engine.js");
+    expect(categoryOf("node:internal/deps/undici/undici", "fetch")).toBe("node:undici");
+    expect(categoryOf("node:internal/streams/writable", "write")).toBe("node:streams");
+    expect(categoryOf("node:net", "connect")).toBe("node:net");
+    expect(categoryOf("", "(garbage collector)")).toBe("(garbage collector)");
+    expect(categoryOf("", "writeBuffer")).toBe("(native) writeBuffer");
+  });
+
+  test("a sample's interval is counted inside the window it starts in; idle is left out", () => {
+    const profile = {
+      nodes: [
+        { id: 1, callFrame: { functionName: "(idle)", url: "" } },
+        { id: 2, callFrame: { functionName: "f", url: "file:///w/node_modules/pg/x.js" } },
+        { id: 3, callFrame: { functionName: "g", url: "file:///w/dist/lib/db.js" } },
+      ],
+      startTime: 1000,
+      endTime: 9000,
+      // samples at 2000 (pg), 4000 (ours), 5000 (idle), 8000 (pg); each lasts until the next
+      samples: [2, 3, 1, 2],
+      timeDeltas: [1000, 2000, 1000, 3000],
+    };
+    expect(Object.fromEntries(selfTimeByCategory(profile))).toEqual({ pg: 2, "ours: lib/db.js": 1 });
+    expect(Object.fromEntries(selfTimeByCategory(profile, 3000, 9000))).toEqual({ "ours: lib/db.js": 1 });
   });
 });
