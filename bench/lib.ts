@@ -382,6 +382,8 @@ export function table(rows: (string | number)[][]): string {
 export function writeJson(figures: unknown) {
   const file = process.env.BENCH_JSON;
   if (!file) return;
-  writeFileSync(file, JSON.stringify(figures, null, 2) + "\n");
+  // Three decimals are more than any of these figures can tell; NaN (no samples) becomes null.
+  const round = (_k: string, v: unknown) => (typeof v === "number" && !Number.isInteger(v) ? Math.round(v * 1000) / 1000 : v);
+  writeFileSync(file, JSON.stringify(figures, round, 2) + "\n");
   console.log(`figures written to ${file}`);
 }
