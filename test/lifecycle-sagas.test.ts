@@ -48,7 +48,6 @@ async function crashEngine() {
 }
 
 beforeAll(async () => {
-  if (!ENGINE_READY) return;
   await ensureBuilt();
   sim = await startSimulator({ port: 0, activeAfterMs: 200, rateLimit: 1_000_000 });
   ns = newNamespace();
@@ -64,7 +63,6 @@ beforeAll(async () => {
   await db.connect();
 }, 120_000);
 afterAll(async () => {
-  if (!ENGINE_READY) return;
   await killAll();
   await db?.end();
   await gateway?.stop();
