@@ -112,6 +112,32 @@ export const replCommands = [
       }),
   },
   {
+    command: "invoices",
+    description: "List invoices (newest first)",
+    options: [
+      { option: "--tenant <tenant>", description: "only this tenant" },
+      { option: "--status <status>", description: "open | paid | void" },
+      { option: "--limit <n>", description: "at most n rows (default 50)" },
+    ],
+    action: (broker: ServiceBroker, args: { options: Row }) =>
+      guarded(async () => {
+        const o = args.options;
+        const res = await broker.call<{ items: any[] }, Row>("v1.billing.listInvoices", { tenant_id: o.tenant, status: o.status, limit: o.limit ? Number(o.limit) : 50 }, meta);
+        print(formatTable(res.items.map((i) => ({ ...i, period: i.period_start.slice(0, 7), total: `${i.total_cents} ${i.currency}` })), ["id", "tenant_id", "deployment_id", "period", "total", "status", "issued_at", "due_at", "paid_at"]));
+      }),
+  },
+  {
+    command: "billing <what>",
+    description: "billing run: run billing now (period invoices, dunning, trial ends, retention) and print what it did",
+    action: (broker: ServiceBroker, args: { what: string }) =>
+      guarded(async () => {
+        if (args.what !== "run") return print("usage: billing run");
+        const r = await broker.call<any, Row>("v1.billing.run", {}, meta);
+        print(`billing run at ${r.now}: ${r.invoices_issued} invoice(s) issued, ${r.moves.length} move(s)`);
+        if (r.moves.length) print(formatTable(r.moves, ["deployment_id", "from", "to", "reason"]));
+      }),
+  },
+  {
     command: "balance",
     description: "Provider balance and platform monthly recurring revenue",
     action: (broker: ServiceBroker) =>

@@ -6,6 +6,7 @@ import { Migration20261121040000_drift } from "./Migration20261121040000_drift";
 import { Migration20261122000000_event_publishing } from "./Migration20261122000000_event_publishing";
 import { Migration20261202002000_saga_kinds } from "./Migration20261202002000_saga_kinds";
 import { Migration20261202003000_lifecycle } from "./Migration20261202003000_lifecycle";
+import { Migration20261202005000_billing } from "./Migration20261202005000_billing";
 import { Migration20261202006000_catalog } from "./Migration20261202006000_catalog";
 import { Migration20261202007000_idempotency } from "./Migration20261202007000_idempotency";
 
@@ -19,6 +20,7 @@ export const migrationsList = [
   { name: "Migration20261122000000_event_publishing", class: Migration20261122000000_event_publishing },
   { name: "Migration20261202002000_saga_kinds", class: Migration20261202002000_saga_kinds },
   { name: "Migration20261202003000_lifecycle", class: Migration20261202003000_lifecycle },
+  { name: "Migration20261202005000_billing", class: Migration20261202005000_billing },
   { name: "Migration20261202006000_catalog", class: Migration20261202006000_catalog },
   { name: "Migration20261202007000_idempotency", class: Migration20261202007000_idempotency },
 ];

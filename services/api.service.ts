@@ -37,6 +37,13 @@ export const API_ALIASES: Record<string, string> = {
   "GET /inventory/:id": "v1.inventory.get",
   "GET /billing/balance": "v1.billing.balance",
   "GET /dashboard/margin": "v1.billing.margin",
+  "GET /invoices": "v1.billing.listInvoices",
+  "GET /invoices/:id": "v1.billing.getInvoice",
+  "POST /invoices/:id/pay": "v1.billing.pay",
+  "POST /invoices/:id/void": "v1.billing.voidInvoice",
+  "POST /billing/run": "v1.billing.run",
+  "GET /billing/clock": "v1.billing.clock",
+  "POST /billing/clock": "v1.billing.moveClock",
   "GET /drift": "v1.inventory.drift",
   "POST /drift/actions": "v1.inventory.driftAction",
 };

@@ -276,6 +276,15 @@ const DeploymentsService: ServiceSchema<any> = {
       },
     },
 
+    /** Internal (billing runs): the deployments with these ids, in one query instead of pages of 200. */
+    byIds: {
+      access: "internal",
+      visibility: "public",
+      params: { ids: { type: "array", items: "uuid", max: 5000 } },
+      async handler(this: any, ctx: ActionCtx<{ ids: string[] }>): Promise<{ items: DeploymentDto[] }> {
+        return { items: ctx.params.ids.length ? await this.readDeployments(emOf(ctx), "where id = any(?::uuid[])", [`{${ctx.params.ids.join(",")}}`]) : [] };
+      },
+    },
   },
 
   events: {

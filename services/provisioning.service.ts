@@ -1,4 +1,3 @@
-import { randomUUID } from "node:crypto";
 import type { ServiceSchema } from "moleculer";
 import { Saga, SagaStep, CompensationRequest, SAGA_STATUSES, type SagaStatus, type StepStatus } from "../entities/saga";
 import { DbMixin } from "../lib/db";
@@ -48,10 +47,6 @@ function settingsOf(overrides: Record<string, any>, env = process.env): { engine
   };
 }
 
-interface LegacyStart {
-  slug?: string;
-  region?: string;
-}
 interface ListParams {
   status?: SagaStatus;
   kind?: string;
@@ -70,31 +65,26 @@ const ProvisioningService: ServiceSchema<any> = {
 
   actions: {
     /**
-     * Starts a saga (COMMON contract): idempotent by `id` — a repeat returns the saga as it is — and held until
-     * every older saga of the deployment is finished. Callers that still send the first version's shape (no `id`:
-     * `{deployment_id, tenant_id, slug, region, requested_by}`) get a provision saga and the bare SagaDto back.
+     * Starts a saga of a registered kind: idempotent by `id` (the caller's durable request id; a repeat returns the
+     * saga as it is) and held until every older saga of the deployment is finished (SPEC §2, §7).
      */
     start: {
       // Scoped: deployments asks on behalf of the caller; a tenant may only start its own tenant's sagas.
       access: "scoped",
       visibility: "public",
       params: {
-        id: { ...UUID_PARAM, optional: true },
-        kind: { type: "string", min: 1, max: 64, optional: true },
+        id: UUID_PARAM,
+        kind: { type: "string", min: 1, max: 64 },
         deployment_id: UUID_PARAM,
         tenant_id: { type: "string", min: 1, max: 200 },
         input: { type: "object", optional: true },
         requested_by: { type: "string", optional: true },
-        slug: { type: "string", optional: true },
-        region: { type: "string", optional: true },
       },
-      async handler(this: any, ctx: ActionCtx<Partial<StartParams> & LegacyStart & { deployment_id: string; tenant_id: string }>) {
+      async handler(this: any, ctx: ActionCtx<StartParams>) {
         const p = ctx.params;
         if (!visibleTo(currentUser(ctx), p.tenant_id)) throw invalid("'tenant_id' must be your own tenant", [{ field: "tenant_id" }]);
-        const legacy = !p.id;
-        const input = { ...(p.input ?? {}), ...(p.slug ? { slug: p.slug } : {}), ...(p.region ? { region: p.region } : {}) };
-        const saga = await this.engine.create({ id: p.id ?? randomUUID(), kind: p.kind ?? "provision", deployment_id: p.deployment_id, tenant_id: p.tenant_id, input, requested_by: p.requested_by }, ctx.requestID);
-        return legacy ? saga : { saga };
+        const saga = await this.engine.create({ id: p.id, kind: p.kind, deployment_id: p.deployment_id, tenant_id: p.tenant_id, input: p.input ?? {}, requested_by: p.requested_by }, ctx.requestID);
+        return { saga };
       },
     },
     get: {

@@ -1,8 +1,6 @@
 import { Client } from "pg";
 import type { ServiceBroker } from "moleculer";
 import { startSimulator, type Simulator } from "../sim/simulator";
-import ProvisioningService from "../services/provisioning.service";
-import InventoryService from "../services/inventory.service";
 import { apiUrl, client, newNamespace, startNode, token, uniq, waitFor } from "./helpers";
 import { ensureBuilt, killAll, spawnNode, type NodeProcess } from "./processes";
 
@@ -11,18 +9,7 @@ import { ensureBuilt, killAll, spawnNode, type NodeProcess } from "./processes";
  * simulator: the gateway, deployments, subscriptions, inventory and dns run here; the saga engine runs in child
  * processes (dist/bin/start.js) so it can be absent (the start-request sweep), and killed with SIGKILL right
  * after a move commits.
- *
- * Written against the COMMON.md contracts of the saga engine (h/engine: saga kinds, v1.provisioning.start by id)
- * and the droplet actions (h/do-actions); until both are merged the suite is skipped (LIFECYCLE_E2E=1 forces it).
  */
-/** An action as declared on a schema or any of its mixins. */
-function declared(schema: any, action: string): any {
-  if (!schema) return undefined;
-  return schema.actions?.[action] ?? (schema.mixins ?? []).map((m: any) => declared(m, action)).find(Boolean);
-}
-const ENGINE_READY = process.env.LIFECYCLE_E2E === "1" || (!!declared(ProvisioningService, "start")?.params?.kind && !!declared(InventoryService, "dropletAction"));
-const suite = ENGINE_READY ? describe : describe.skip;
-if (!ENGINE_READY) console.warn("lifecycle-sagas: the saga kinds or the droplet actions are not merged yet; suite skipped");
 
 const DOMAIN = "apps.arcadia.test";
 const FINAL = ["succeeded", "failed", "compensated", "compensation_failed"];
@@ -61,7 +48,6 @@ async function crashEngine() {
 }
 
 beforeAll(async () => {
-  if (!ENGINE_READY) return;
   await ensureBuilt();
   sim = await startSimulator({ port: 0, activeAfterMs: 200, rateLimit: 1_000_000 });
   ns = newNamespace();
@@ -77,7 +63,6 @@ beforeAll(async () => {
   await db.connect();
 }, 120_000);
 afterAll(async () => {
-  if (!ENGINE_READY) return;
   await killAll();
   await db?.end();
   await gateway?.stop();
@@ -162,7 +147,7 @@ async function move(p: Provisioned, c: ReturnType<typeof client>, to: string) {
 
 // ---- the tests -------------------------------------------------------------------------------------------
 
-suite("lifecycle sagas (SPEC §2, §7)", () => {
+describe("lifecycle sagas (SPEC §2, §7)", () => {
   test("with no engine up a provisioning create answers 202 and stays provisioning; once the engine starts, the sweep starts its saga and it ends active", async () => {
     expect(engine).toBeNull();
     const api = client(base, await token({ tenant: uniq("sweep") }));

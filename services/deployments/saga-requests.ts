@@ -1,3 +1,4 @@
+import type { StartParams } from "../provisioning.service";
 import type { EntityManager } from "@mikro-orm/postgresql";
 import { randomUUID } from "node:crypto";
 import { systemUser } from "../../lib/access";
@@ -24,15 +25,6 @@ export interface SagaRequestRow {
   created_at: Date | string;
 }
 
-/** Exported for the engine side: what deployments sends to v1.provisioning.start (COMMON.md contract). */
-export interface StartParams {
-  id: string;
-  kind: SagaKind;
-  deployment_id: string;
-  tenant_id: string;
-  input: Record<string, unknown>;
-  requested_by?: string;
-}
 
 /** Written inside the move's transaction (`em` is its transactional manager). Its id is the saga's id. */
 export async function insertSagaRequest(
