@@ -349,6 +349,34 @@ test("(e) kill -9 during a power-off (the action sent, its end awaited): the res
   expect(inv.map((r: any) => r.status)).toEqual(["off"]);
 }, 60_000);
 
+test("(f) kill -9 during a resize from a plan change (the resize sent, its end awaited): it ends at the new size, running, with one resize action", async () => {
+  const p = await provision();
+  await expectOutcome(p, "succeeded");
+  const [droplet] = await dropletsTagged(`saga-${p.sagaId}`);
+  expect((await operator.post(`/deployments/${p.deploymentId}/subscribe`, { plan_code: "starter" })).status).toBe(201);
+  await simFault({ operation: "actions.get", mode: "delay", delay_ms: 1500, count: -1 });
+  const changed = await operator.post(`/deployments/${p.deploymentId}/subscription/plan`, { plan_code: "studio" });
+  expect(changed.status).toBe(200);
+  const id = changed.body.saga.id as string;
+  expect(changed.body.saga.kind).toBe("resize");
+  await waitFor(async () => {
+    const s = await step(id, "resize_droplets");
+    return s?.status === "running" && s.output[`action_${droplet.id}`];
+  }, { timeoutMs: 30_000, what: "the resize action to be sent and recorded" });
+  await crash(current);
+  await fetch(`${sim.url}/v2/_sim/faults`, { method: "DELETE" });
+  current = await startProvisioning();
+
+  await settled(id, 40_000);
+  expect(await sagaStatus(id)).toBe("succeeded");
+  expect((await simState()).droplets.find((d) => d.id === droplet.id)).toMatchObject({ size_slug: "s-2vcpu-4gb", status: "active" });
+  const { actions } = await gateway.call<any, any>("v1.inventory.dropletActions", { id: droplet.id }, asAdmin);
+  expect(actions.filter((a: any) => a.type === "resize")).toHaveLength(1);
+  const inv = (await operator.get(`/inventory?deployment_id=${p.deploymentId}`)).body.items;
+  expect(inv.map((r: any) => [r.size_slug, r.status])).toEqual([["s-2vcpu-4gb", "active"]]);
+  expect((await operator.get(`/deployments/${p.deploymentId}`)).body.subscription.plan_code).toBe("studio");
+}, 90_000);
+
 function expectOneRecordPerName(state: SimState) {
   const byName = new Map<string, number>();
   for (const r of state.domain_records.filter((r) => r.type === "A")) byName.set(`${r.name}.${r.domain}`, (byName.get(`${r.name}.${r.domain}`) ?? 0) + 1);
