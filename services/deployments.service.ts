@@ -12,6 +12,7 @@ import { canTransition } from "../lib/lifecycle";
 import { decodeCursor, encodeCursor } from "../lib/pagination";
 import { iso, isoSql, type Page } from "../lib/dto";
 import { logFields } from "../lib/log-context";
+import { DeploymentFeedMixin } from "./deployments/feed";
 
 const SLUG = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$";
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
@@ -80,7 +81,7 @@ export function eventDto(e: DeploymentEvent) {
 const DeploymentsService: ServiceSchema<any> = {
   name: "deployments",
   version: 1,
-  mixins: [DbMixin([Deployment, DeploymentEvent])],
+  mixins: [DbMixin([Deployment, DeploymentEvent]), DeploymentFeedMixin],
   settings: {
     defaultRegion: process.env.DEFAULT_REGION ?? "nyc3",
     defaultTemplate: process.env.DEFAULT_TEMPLATE ?? "arcadia-app",

@@ -10,6 +10,8 @@ interface RouteDoc {
   query?: Record<string, Schema>;
   status: number;
   response: string;
+  /** Served as text/event-stream (the watch route) instead of JSON. */
+  stream?: boolean;
 }
 
 const str = { type: "string" };
@@ -17,6 +19,24 @@ const int = { type: "integer" };
 const ref = (name: string) => ({ $ref: `#/components/schemas/${name}` });
 const obj = (props: Record<string, Schema>, required: string[] = []): Schema => ({ type: "object", properties: props, required, additionalProperties: false });
 const list = (item: string) => obj({ items: { type: "array", items: ref(item) }, next_cursor: { type: ["string", "null"] } }, ["items", "next_cursor"]);
+const WEBHOOK_EVENTS = ["deployment.created", "deployment.transitioned", "deployment.runtime_changed", "saga.succeeded", "saga.failed", "saga.compensated", "saga.compensation_failed", "invoice.issued", "invoice.paid", "invoice.overdue"];
+const DELIVERY_STATUSES = ["pending", "delivering", "succeeded", "failed", "cancelled"];
+const WEBHOOK_ROUTE_DOCS: Record<string, RouteDoc> = {
+  "GET /deployments/:id/watch": {
+    summary: "Server-Sent Events: event `deployment` (the GET /deployments/:id view), then one message per deployment event, runtime change and saga step move (`event:` its type, `id:` the deployment's increasing journal sequence; send Last-Event-ID to resume), a comment line every 15 s",
+    access: "scoped", status: 200, response: "WatchStream", stream: true,
+  },
+  "POST /webhooks": {
+    summary: "Register a webhook endpoint for your tenant (operators: all_tenants or tenant_id); the secret is in this answer only", access: "scoped", status: 201, response: "WebhookCreated",
+    body: obj({ url: { ...str, maxLength: 2048, description: "http or https; private, loopback and link-local addresses are refused unless WEBHOOK_ALLOW_PRIVATE=1" }, events: { type: "array", uniqueItems: true, items: { enum: WEBHOOK_EVENTS }, description: "absent or empty: every type" }, all_tenants: { type: "boolean", description: "operators only" }, tenant_id: { ...str, description: "operators only" } }, ["url"]),
+  },
+  "GET /webhooks": { summary: "Webhook endpoints, newest first (keyset pagination)", access: "scoped", status: 200, response: "WebhookList", query: { limit: { ...int, minimum: 1, maximum: 200, default: 50 }, cursor: str, tenant_id: { ...str, description: "operators only" } } },
+  "DELETE /webhooks/:id": { summary: "Remove a webhook endpoint; what was still to be sent to it is cancelled", access: "scoped", status: 200, response: "WebhookEnvelope" },
+  "GET /webhooks/:id/deliveries": {
+    summary: "An endpoint's deliveries, newest first: status, attempts, last response code, next attempt, attempt history", access: "scoped", status: 200, response: "DeliveryList",
+    query: { status: { enum: DELIVERY_STATUSES }, limit: { ...int, minimum: 1, maximum: 200, default: 50 }, cursor: str },
+  },
+};
 const STATES = ["provisioning", "trial", "active", "paused", "past_due", "suspended", "cancelled", "archived"];
 
 export const ROUTE_DOCS: Record<string, RouteDoc> = {
@@ -59,6 +79,7 @@ export const ROUTE_DOCS: Record<string, RouteDoc> = {
     summary: "Act on a drift entry: adopt an orphan, destroy an orphan, mark a ghost destroyed, sync a mismatch", access: "operator", status: 201, response: "Any",
     body: obj({ action: { enum: ["adopt", "destroy", "mark_destroyed", "sync"] }, entry_id: str, external_id: str, resource: { enum: ["droplet", "dns_record"] }, tenant_id: str, deployment_id: str }, ["action"]),
   },
+  ...WEBHOOK_ROUTE_DOCS,
 };
 
 const ERROR = obj({ name: str, message: str, code: int, type: { type: ["string", "null"] }, data: {} }, ["name", "message", "code"]);
@@ -69,6 +90,20 @@ const DEPLOYMENT = obj({
 });
 const STEP = obj({ name: str, status: { enum: ["pending", "running", "succeeded", "failed", "compensating", "compensated", "compensation_failed", "skipped"] }, attempts: int, started_at: { type: ["string", "null"] }, finished_at: { type: ["string", "null"] }, error: { type: ["string", "null"] }, output: { type: "object" } });
 const SAGA = obj({ id: str, deployment_id: str, status: { enum: ["running", "succeeded", "compensating", "compensated", "compensation_failed"] }, steps: { type: "array", items: STEP }, started_at: str, finished_at: { type: ["string", "null"] }, error: { type: ["string", "null"] } });
+
+const tsNull = { type: ["string", "null"] };
+const WEBHOOK = obj(
+  { id: { ...str, format: "uuid" }, tenant_id: tsNull, all_tenants: { type: "boolean" }, url: str, events: { type: "array", items: { enum: WEBHOOK_EVENTS } }, created_by: str, inserted_at: { ...str, format: "date-time" } },
+  ["id", "tenant_id", "all_tenants", "url", "events", "created_by", "inserted_at"],
+);
+const ATTEMPT = obj({ attempt: int, at: { ...str, format: "date-time" }, response_code: { type: ["integer", "null"] }, error: tsNull, duration_ms: int }, ["attempt", "at", "response_code", "error"]);
+const DELIVERY = obj(
+  {
+    id: { ...str, format: "uuid" }, event_id: str, event_type: { enum: WEBHOOK_EVENTS }, status: { enum: DELIVERY_STATUSES }, attempts: int, response_code: { type: ["integer", "null"] }, error: tsNull,
+    next_attempt_at: tsNull, created_at: { ...str, format: "date-time" }, delivered_at: tsNull, history: { type: "array", items: ATTEMPT },
+  },
+  ["id", "event_id", "event_type", "status", "attempts", "response_code", "error", "next_attempt_at", "created_at", "delivered_at", "history"],
+);
 
 export function openApiDocument(aliases: Record<string, string>) {
   const paths: Record<string, Record<string, unknown>> = {};
@@ -92,7 +127,7 @@ export function openApiDocument(aliases: Record<string, string>) {
       ...(doc.access === "public" ? { security: [] } : {}),
       ...(params.length ? { parameters: params } : {}),
       ...(doc.body ? { requestBody: { required: true, content: { "application/json": { schema: doc.body } } } } : {}),
-      responses: { [String(doc.status)]: { description: "OK", content: { "application/json": { schema: ref(doc.response) } } }, ...errors },
+      responses: { [String(doc.status)]: { description: "OK", content: { [doc.stream ? "text/event-stream" : "application/json"]: { schema: ref(doc.response) } } }, ...errors },
     };
   }
   return {
@@ -115,6 +150,13 @@ export function openApiDocument(aliases: Record<string, string>) {
         DeploymentDetail: obj({ deployment: ref("Deployment"), subscription: { type: ["object", "null"] }, events: { type: "array", items: { type: "object" } }, saga: { oneOf: [ref("Saga"), { type: "null" }] } }, ["deployment", "subscription", "events", "saga"]),
         SubscriptionEnvelope: obj({ subscription: { type: "object" } }, ["subscription"]),
         SagaEnvelope: obj({ saga: ref("Saga") }, ["saga"]),
+        Webhook: WEBHOOK,
+        WebhookCreated: obj({ webhook: { ...WEBHOOK, properties: { ...(WEBHOOK.properties as object), secret: { ...str, description: "shown once" } }, required: [...(WEBHOOK.required as string[]), "secret"] } }, ["webhook"]),
+        WebhookEnvelope: obj({ webhook: ref("Webhook") }, ["webhook"]),
+        WebhookList: list("Webhook"),
+        Delivery: DELIVERY,
+        DeliveryList: list("Delivery"),
+        WatchStream: { type: "string", description: "text/event-stream: `event: <type>`, `id: <sequence>`, `data: <JSON>` messages and `:` comment lines" },
       },
     },
   };

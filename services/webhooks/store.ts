@@ -1,0 +1,159 @@
+import { randomUUID } from "node:crypto";
+import type { EntityManager } from "@mikro-orm/postgresql";
+import { isoSql } from "../../lib/dto";
+import type { Mapped, WebhookEnvelope } from "./events";
+
+/*
+ * The webhooks service's tables (migrations/Migration20261202008000_webhooks.ts), in SQL. Everything an event
+ * causes — its webhook_events row, one delivery per interested endpoint, its watch line — commits in one
+ * transaction, so an event that was taken in is never half-recorded and never lost afterwards.
+ */
+
+export interface IngestResult {
+  /** The envelope was new (not a repeat of an event already taken in). */
+  fresh: boolean;
+  deliveries: number;
+  /** The watch line's sequence number, when one was journaled. */
+  watchSeq: number | null;
+  deploymentId: string | null;
+}
+
+export async function ingest(em: EntityManager, m: Mapped): Promise<IngestResult> {
+  const deploymentId = m.envelope?.deployment_id ?? m.watch?.deployment_id ?? null;
+  return em.transactional(async (tx) => {
+    let head: { seq: string; tenant_id: string | null } | undefined;
+    if (deploymentId) {
+      // The deployment's head row is its lock: ingests of one deployment serialise, so delivery order (seq) and
+      // watch order are the order the events were taken in, and the watch sequence has no gaps or reorderings.
+      const tenant = m.watch?.tenant_id ?? m.envelope?.tenant_id ?? null;
+      await tx.execute(`insert into watch_heads (deployment_id, tenant_id, seq) values (?, ?, 0) on conflict (deployment_id) do nothing`, [deploymentId, tenant]);
+      [head] = await tx.execute(`select seq, tenant_id from watch_heads where deployment_id = ? for update`, [deploymentId]);
+      if (tenant && head && !head.tenant_id) await tx.execute(`update watch_heads set tenant_id = ? where deployment_id = ?`, [tenant, deploymentId]);
+    }
+    let fresh = false;
+    let deliveries = 0;
+    if (m.envelope) {
+      const e = m.envelope;
+      const body: WebhookEnvelope = { id: e.id, type: e.type, created_at: e.created_at, tenant_id: e.tenant_id, data: e.data };
+      const inserted = await tx.execute(
+        `insert into webhook_events (id, type, tenant_id, deployment_id, payload, created_at) values (?, ?, ?, ?, ?::jsonb, ?) on conflict (id) do nothing returning id`,
+        [e.id, e.type, e.tenant_id, e.deployment_id, JSON.stringify(body), e.created_at],
+      );
+      fresh = inserted.length > 0;
+      if (fresh) {
+        // Endpoints that existed when the event happened, of its tenant or for all tenants, wanting its type.
+        const rows = await tx.execute(
+          `insert into webhook_deliveries (id, endpoint_id, event_id, order_key, status, attempts, next_attempt_at, created_at, updated_at)
+           select gen_random_uuid(), w.id, ?, ?, 'pending', 0, now(), now(), now() from webhook_endpoints w
+           where w.deleted_at is null and (w.all_tenants or w.tenant_id = ?)
+             and (jsonb_array_length(w.events) = 0 or w.events @> jsonb_build_array(?::text)) and w.inserted_at <= ?
+           order by w.id returning id`,
+          [e.id, e.deployment_id ?? e.id, e.tenant_id, e.type, e.created_at],
+        );
+        deliveries = rows.length;
+      }
+    }
+    let watchSeq: number | null = null;
+    if (m.watch && head) {
+      const w = m.watch;
+      const dup = await tx.execute(`select 1 from watch_events where deployment_id = ? and dedupe_key = ?`, [w.deployment_id, w.dedupe_key]);
+      if (!dup.length) {
+        watchSeq = Number(head.seq) + 1;
+        await tx.execute(`insert into watch_events (deployment_id, seq, type, dedupe_key, data, created_at) values (?, ?, ?, ?, ?::jsonb, now())`, [w.deployment_id, watchSeq, w.type, w.dedupe_key, JSON.stringify(w.data)]);
+        await tx.execute(`update watch_heads set seq = ? where deployment_id = ?`, [watchSeq, w.deployment_id]);
+      }
+    }
+    return { fresh, deliveries, watchSeq, deploymentId };
+  });
+}
+
+export interface Claimed {
+  id: string;
+  seq: number;
+  attempts: number;
+  claim_id: string;
+  url: string;
+  secret: string;
+  event_id: string;
+  body: string;
+}
+
+/**
+ * Claims up to `limit` deliveries that are due: pending ones whose time has come, and ones a node claimed and did
+ * not finish within its lease (it died). A delivery waits while an earlier one (lower seq) of the same endpoint
+ * and deployment is still pending or in flight — that is what keeps them in order. `skip locked` lets several
+ * webhooks nodes claim side by side; the claim counts as an attempt, so a delivery that kills its node each time
+ * still ends.
+ */
+export async function claim(em: EntityManager, limit: number, leaseMs: number): Promise<Claimed[]> {
+  const claimId = randomUUID();
+  const rows = await em.execute<{ id: string }[]>(
+    `update webhook_deliveries d set status = 'delivering', claim_id = ?, claimed_until = now() + (? || ' milliseconds')::interval, attempts = d.attempts + 1, updated_at = now()
+     from (select c.id from webhook_deliveries c
+           where ((c.status = 'pending' and c.next_attempt_at <= now()) or (c.status = 'delivering' and c.claimed_until < now()))
+             and not exists (select 1 from webhook_deliveries e where e.endpoint_id = c.endpoint_id and e.order_key = c.order_key and e.seq < c.seq and e.status in ('pending','delivering'))
+           order by c.seq limit ? for update of c skip locked) pick
+     where d.id = pick.id
+     returning d.id`,
+    [claimId, String(leaseMs), limit],
+  );
+  if (!rows.length) return [];
+  const full = await em.execute(
+    `select d.id, d.seq, d.attempts, d.claim_id, w.url, w.secret, d.event_id, e.payload::text as body
+     from webhook_deliveries d join webhook_endpoints w on w.id = d.endpoint_id join webhook_events e on e.id = d.event_id
+     where d.id in (${rows.map(() => "?").join(",")}) order by d.seq`,
+    rows.map((r) => r.id),
+  );
+  return full.map((r: any) => ({ ...r, seq: Number(r.seq) }));
+}
+
+export interface AttemptOutcome {
+  ok: boolean;
+  code: number | null;
+  error: string | null;
+  ms: number;
+  at: Date;
+}
+
+/** Records one attempt, if the claim is still ours: succeeded, back to pending with its next time, or failed for good. */
+export async function record(em: EntityManager, d: Claimed, o: AttemptOutcome, next: { maxAttempts: number; delayMs: number }): Promise<string | null> {
+  const entry = JSON.stringify([{ attempt: d.attempts, at: o.at.toISOString(), response_code: o.code, error: o.error, duration_ms: o.ms }]);
+  const status = o.ok ? "succeeded" : d.attempts >= next.maxAttempts ? "failed" : "pending";
+  const rows = await em.execute(
+    `update webhook_deliveries set status = ?, last_response_code = ?, last_error = ?, history = history || ?::jsonb, claim_id = null, claimed_until = null, updated_at = now(),
+       next_attempt_at = case when ? = 'pending' then now() + (? || ' milliseconds')::interval else null end,
+       delivered_at = case when ? = 'succeeded' then now() else null end
+     where id = ? and claim_id = ? and status = 'delivering' returning status`,
+    [status, o.code, o.error, entry, status, String(next.delayMs), status, d.id, d.claim_id],
+  );
+  return rows[0]?.status ?? null;
+}
+
+// ---- reads -------------------------------------------------------------------------------------------------
+
+export const endpointCols = `id, tenant_id, all_tenants, url, events, created_by, ${isoSql("inserted_at")} as inserted_at`;
+
+export function endpointDto(r: any) {
+  return { id: r.id, tenant_id: r.tenant_id ?? null, all_tenants: !!r.all_tenants, url: r.url, events: r.events ?? [], created_by: r.created_by, inserted_at: r.inserted_at };
+}
+export type WebhookDto = ReturnType<typeof endpointDto>;
+
+export const deliveryCols = `d.id, d.seq, d.event_id, e.type as event_type, d.status, d.attempts, d.last_response_code, d.last_error, d.history,
+  ${isoSql("d.next_attempt_at")} as next_attempt_at, ${isoSql("d.created_at")} as created_at, ${isoSql("d.delivered_at")} as delivered_at`;
+
+export function deliveryDto(r: any) {
+  return {
+    id: r.id,
+    event_id: r.event_id,
+    event_type: r.event_type,
+    status: r.status,
+    attempts: r.attempts,
+    response_code: r.last_response_code ?? null,
+    error: r.last_error ?? null,
+    next_attempt_at: r.status === "pending" ? (r.next_attempt_at ?? null) : null,
+    created_at: r.created_at,
+    delivered_at: r.delivered_at ?? null,
+    history: r.history ?? [],
+  };
+}
+export type DeliveryDto = ReturnType<typeof deliveryDto>;
