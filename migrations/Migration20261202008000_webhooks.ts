@@ -25,16 +25,24 @@ export class Migration20261202008000_webhooks extends Migration {
       type text not null,
       tenant_id text not null,
       deployment_id uuid null,
+      -- For deployment events: their deployment_events id and move, so deliveries follow the deployment's chain.
+      dep_event_id bigint null,
+      from_state text null,
+      to_state text null,
       payload jsonb not null,
       created_at timestamptz(3) not null,
       received_at timestamptz(3) not null default now()
     )`);
+    this.addSql(`create index webhook_events_chain_idx on webhook_events (deployment_id, dep_event_id) where dep_event_id is not null`);
     this.addSql(`create table webhook_deliveries (
       id uuid primary key,
       seq bigserial not null unique,
       endpoint_id uuid not null references webhook_endpoints (id) deferrable initially deferred,
       event_id text not null references webhook_events (id) deferrable initially deferred,
       order_key text not null,
+      -- When the event happened; with dep_event_id and seq, the order deliveries of one endpoint and deployment go in.
+      event_at timestamptz(3) not null,
+      dep_event_id bigint null,
       status text not null check (status in ('pending','delivering','succeeded','failed','cancelled')),
       attempts integer not null default 0,
       next_attempt_at timestamptz(3) null,

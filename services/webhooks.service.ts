@@ -60,6 +60,8 @@ function settingsFrom(env = process.env) {
     batch: num(env.WEBHOOK_BATCH, 20),
     catchUpMs: num(env.WEBHOOK_CATCHUP_MS, 10_000),
     catchUpMarginMs: num(env.WEBHOOK_CATCHUP_MARGIN_MS, 60_000),
+    // How long a deployment event's delivery waits for an earlier event of its deployment that was not heard yet.
+    orderWaitMs: num(env.WEBHOOK_ORDER_WAIT_MS, 60_000),
   };
 }
 type Settings = ReturnType<typeof settingsFrom>;
@@ -270,7 +272,7 @@ const WebhooksService: ServiceSchema<any> = {
       try {
         do {
           this.pumpAgain = false;
-          const batch: Claimed[] = await claim(this.orm.em.fork(), this.cfg.batch, this.cfg.claimMs);
+          const batch: Claimed[] = await claim(this.orm.em.fork(), this.cfg.batch, this.cfg.claimMs, this.cfg.orderWaitMs);
           if (!batch.length) break;
           await Promise.all(batch.map((d) => this.send(d)));
           // A delivery that went out may have been holding back the next one of its deployment.

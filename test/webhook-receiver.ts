@@ -19,6 +19,7 @@ export async function startReceiver() {
   const secrets = new Set<string>();
   const received: Received[] = [];
   let answer: (body: any) => number = () => 200;
+  let hold: { when: () => boolean; onHeld: (release: () => void) => void } | null = null;
   const server: Server = createServer((req, res) => {
     const chunks: Buffer[] = [];
     req.on("data", (c) => chunks.push(c));
@@ -30,6 +31,12 @@ export async function startReceiver() {
         body = JSON.parse(raw);
       } catch {
         /* recorded as is */
+      }
+      if (hold?.when()) {
+        // Never answered while held (the sender may die waiting); recorded as a 0 status, not accepted.
+        received.push({ at: Date.now(), status: 0, signature, raw, body, verified: [...secrets].some((s) => verifySignature(s, raw, signature)) });
+        hold.onHeld(() => res.destroy());
+        return;
       }
       const status = answer(body);
       received.push({ at: Date.now(), status, signature, raw, body, verified: [...secrets].some((s) => verifySignature(s, raw, signature)) });
@@ -43,8 +50,13 @@ export async function startReceiver() {
     received,
     trust: (secret: string) => secrets.add(secret),
     answerWith: (fn: (body: any) => number) => (answer = fn),
+    /** Leaves requests unanswered while `when()` holds; `onHeld` gets a function that drops the connection. */
+    holdWhen(when: () => boolean, onHeld: (release: () => void) => void) {
+      hold = { when, onHeld };
+      return { stop: () => (hold = null) };
+    },
     /** What was accepted (2xx), one entry per event id. */
-    accepted: () => received.filter((r) => r.status < 300).map((r) => r.body),
+    accepted: () => received.filter((r) => r.status >= 200 && r.status < 300).map((r) => r.body),
     close: () => new Promise<void>((r) => server.close(() => r())),
   };
 }

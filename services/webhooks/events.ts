@@ -38,7 +38,7 @@ export interface WatchEntry {
 }
 
 export interface Mapped {
-  envelope?: WebhookEnvelope & { deployment_id: string | null };
+  envelope?: WebhookEnvelope & { deployment_id: string | null; chain?: { event_id: number; from_state: string | null; to_state: string } };
   watch?: WatchEntry;
 }
 
@@ -52,7 +52,7 @@ export function fromDeploymentEvent(payload: any, now = new Date()): Mapped {
   const created_at = isoOr(event.occurred_at, now);
   const data = { deployment, event };
   return {
-    envelope: { id: `evt_dep_${event.id}`, type, created_at, tenant_id: deployment.tenant_id, deployment_id: deployment.id, data },
+    envelope: { id: `evt_dep_${event.id}`, type, created_at, tenant_id: deployment.tenant_id, deployment_id: deployment.id, data, chain: { event_id: Number(event.id), from_state: event.from_state ?? null, to_state: event.to_state } },
     watch: { deployment_id: deployment.id, tenant_id: deployment.tenant_id, type, dedupe_key: `dep:${event.id}`, data },
   };
 }

@@ -36,19 +36,19 @@ export async function ingest(em: EntityManager, m: Mapped): Promise<IngestResult
       const e = m.envelope;
       const body: WebhookEnvelope = { id: e.id, type: e.type, created_at: e.created_at, tenant_id: e.tenant_id, data: e.data };
       const inserted = await tx.execute(
-        `insert into webhook_events (id, type, tenant_id, deployment_id, payload, created_at) values (?, ?, ?, ?, ?::jsonb, ?) on conflict (id) do nothing returning id`,
-        [e.id, e.type, e.tenant_id, e.deployment_id, JSON.stringify(body), e.created_at],
+        `insert into webhook_events (id, type, tenant_id, deployment_id, dep_event_id, from_state, to_state, payload, created_at) values (?, ?, ?, ?, ?, ?, ?, ?::jsonb, ?) on conflict (id) do nothing returning id`,
+        [e.id, e.type, e.tenant_id, e.deployment_id, e.chain?.event_id ?? null, e.chain?.from_state ?? null, e.chain?.to_state ?? null, JSON.stringify(body), e.created_at],
       );
       fresh = inserted.length > 0;
       if (fresh) {
         // Endpoints that existed when the event happened, of its tenant or for all tenants, wanting its type.
         const rows = await tx.execute(
-          `insert into webhook_deliveries (id, endpoint_id, event_id, order_key, status, attempts, next_attempt_at, created_at, updated_at)
-           select gen_random_uuid(), w.id, ?, ?, 'pending', 0, now(), now(), now() from webhook_endpoints w
+          `insert into webhook_deliveries (id, endpoint_id, event_id, order_key, event_at, dep_event_id, status, attempts, next_attempt_at, created_at, updated_at)
+           select gen_random_uuid(), w.id, ?, ?, ?, ?, 'pending', 0, now(), now(), now() from webhook_endpoints w
            where w.deleted_at is null and (w.all_tenants or w.tenant_id = ?)
              and (jsonb_array_length(w.events) = 0 or w.events @> jsonb_build_array(?::text)) and w.inserted_at <= ?
            order by w.id returning id`,
-          [e.id, e.deployment_id ?? e.id, e.tenant_id, e.type, e.created_at],
+          [e.id, e.deployment_id ?? e.id, e.created_at, e.chain?.event_id ?? null, e.tenant_id, e.type, e.created_at],
         );
         deliveries = rows.length;
       }
@@ -80,22 +80,32 @@ export interface Claimed {
 
 /**
  * Claims up to `limit` deliveries that are due: pending ones whose time has come, and ones a node claimed and did
- * not finish within its lease (it died). A delivery waits while an earlier one (lower seq) of the same endpoint
- * and deployment is still pending or in flight — that is what keeps them in order. `skip locked` lets several
- * webhooks nodes claim side by side; the claim counts as an attempt, so a delivery that kills its node each time
- * still ends.
+ * not finish within its lease (it died). The claim counts as an attempt, so a delivery that kills its node each
+ * time still ends. `skip locked` lets several webhooks nodes claim side by side.
+ *
+ * Order per endpoint and deployment: a delivery waits while one that comes before it — by (event time, deployment
+ * event id, seq) — is still pending or in flight. Events can be taken in out of order (two webhooks nodes, a
+ * repeat from the outbox sweep or the catch-up), so a deployment event also waits until the deployment's chain
+ * before it is complete: the nearest earlier deployment event taken in must end in the state this one starts from.
+ * Only events we never heard of can break that chain, and the catch-up brings those; after `orderWaitMs` a
+ * delivery goes anyway rather than wait forever on an event that will not come.
  */
-export async function claim(em: EntityManager, limit: number, leaseMs: number): Promise<Claimed[]> {
+export async function claim(em: EntityManager, limit: number, leaseMs: number, orderWaitMs: number): Promise<Claimed[]> {
   const claimId = randomUUID();
   const rows = await em.execute<{ id: string }[]>(
     `update webhook_deliveries d set status = 'delivering', claim_id = ?, claimed_until = now() + (? || ' milliseconds')::interval, attempts = d.attempts + 1, updated_at = now()
-     from (select c.id from webhook_deliveries c
+     from (select c.id from webhook_deliveries c join webhook_events ce on ce.id = c.event_id
            where ((c.status = 'pending' and c.next_attempt_at <= now()) or (c.status = 'delivering' and c.claimed_until < now()))
-             and not exists (select 1 from webhook_deliveries e where e.endpoint_id = c.endpoint_id and e.order_key = c.order_key and e.seq < c.seq and e.status in ('pending','delivering'))
+             and not exists (select 1 from webhook_deliveries e
+                             where e.endpoint_id = c.endpoint_id and e.order_key = c.order_key and e.status in ('pending','delivering')
+                               and (e.event_at, coalesce(e.dep_event_id, 0), e.seq) < (c.event_at, coalesce(c.dep_event_id, 0), c.seq))
+             and (ce.dep_event_id is null or c.created_at < now() - (? || ' milliseconds')::interval
+                  or coalesce((select pe.to_state from webhook_events pe where pe.deployment_id = ce.deployment_id and pe.dep_event_id < ce.dep_event_id
+                               order by pe.dep_event_id desc limit 1), ce.from_state) is not distinct from ce.from_state)
            order by c.seq limit ? for update of c skip locked) pick
      where d.id = pick.id
      returning d.id`,
-    [claimId, String(leaseMs), limit],
+    [claimId, String(leaseMs), String(orderWaitMs), limit],
   );
   if (!rows.length) return [];
   const full = await em.execute(
