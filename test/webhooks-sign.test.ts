@@ -106,3 +106,18 @@ describe("event mapping", () => {
     expect(wants(["deployment.created"], "invoice.paid")).toBe(false);
   });
 });
+
+test("the README's verification snippet accepts our signatures and refuses tampering", () => {
+  const readme = require("node:fs").readFileSync(require("node:path").join(__dirname, "../README.md"), "utf8") as string;
+  const block = [...readme.matchAll(/```js\n([\s\S]*?)```/g)].map((m) => m[1]).find((b) => b.includes("function verifyArcadiaSignature"));
+  expect(block).toBeDefined();
+  const verify = new Function("require", `${block}\nreturn verifyArcadiaSignature;`)(require) as (raw: string, header: unknown, secret: string) => boolean;
+  const secret = newSecret();
+  const raw = JSON.stringify({ id: "evt_dep_1", type: "deployment.created", created_at: new Date().toISOString(), tenant_id: "acme", data: {} });
+  const header = signatureHeader(secret, raw, Date.now() / 1000);
+  expect(verify(raw, header, secret)).toBe(true);
+  expect(verify(raw.replace("acme", "evil"), header, secret)).toBe(false);
+  expect(verify(raw, header, newSecret())).toBe(false);
+  expect(verify(raw, signatureHeader(secret, raw, Date.now() / 1000 - 3600), secret)).toBe(false);
+  expect(verify(raw, undefined, secret)).toBe(false);
+});

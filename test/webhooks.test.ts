@@ -174,6 +174,47 @@ describe("deliveries", () => {
     expect(list.body.items.every((d: any) => d.status === "succeeded" && d.response_code === 200 && d.next_attempt_at === null)).toBe(true);
   });
 
+  test("a provisioning that rolls back: saga.compensated and the move to cancelled", async () => {
+    const { api, rx } = await tenantWithHook(["deployment.transitioned", "saga.compensated", "saga.succeeded"]);
+    const fault = await fetch(`${sim.url}/v2/_sim/faults`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ operation: "droplets.create", mode: "error", status: 422, count: 1 }) });
+    expect(fault.status).toBe(201);
+    try {
+      const created = await api.post("/deployments", { slug: uniq("rb"), provision: true });
+      expect(created.status).toBe(202);
+      const got = await waitFor(async () => (byType(rx.accepted(), "saga.compensated").length ? rx.accepted() : null), { timeoutMs: 30_000, what: "saga.compensated" });
+      expect(byType(got, "saga.compensated")[0].data.saga).toMatchObject({ id: created.body.saga.id, status: "compensated", error: expect.any(String) });
+      expect(byType(got, "saga.succeeded")).toEqual([]);
+      await waitFor(async () => byType(rx.accepted(), "deployment.transitioned").some((b) => b.data.event.to_state === "cancelled"), { what: "the move to cancelled" });
+      expect(rx.received.every((r) => r.verified)).toBe(true);
+    } finally {
+      await fetch(`${sim.url}/v2/_sim/faults`, { method: "DELETE" });
+    }
+  });
+
+  test("runtime changes and invoices from their owners' events; an endpoint gets only the types it asked for", async () => {
+    const { api, rx, tenant } = await tenantWithHook(["deployment.runtime_changed", "invoice.issued", "invoice.paid", "invoice.overdue"]);
+    const id = (await api.post("/deployments", { slug: uniq("rt") })).body.deployment.id;
+    const occurred_at = new Date().toISOString();
+    const runtime = { status: "running", droplet_id: 42, ipv4: "203.0.113.9", hostname: null };
+    // The contract's events, as lifecycle and billing emit them (twice: at least once upstream too).
+    for (let i = 0; i < 2; i++) services.emit("deployments.runtime_changed", { deployment_id: id, tenant_id: tenant, runtime, occurred_at });
+    const invoice = { id: "9d0c7c1e-1111-4a2b-8c3d-2e4f5a6b7c8d", tenant_id: tenant, deployment_id: id, status: "open", total_cents: 4900, currency: "USD", issued_at: occurred_at };
+    services.emit("billing.invoice.issued", { invoice });
+    services.emit("billing.invoice.paid", { invoice: { ...invoice, status: "paid", paid_at: occurred_at } });
+    const got = await waitFor(async () => (rx.accepted().length >= 3 ? rx.accepted() : null), { what: "runtime and invoice webhooks" });
+    await new Promise((r) => setTimeout(r, 500)); // room for a wrong extra delivery to show up
+    expect(rx.accepted().map((b) => b.type).sort()).toEqual(["deployment.runtime_changed", "invoice.issued", "invoice.paid"]);
+    expect(byType(got, "deployment.runtime_changed")[0].data).toEqual({ deployment_id: id, runtime, occurred_at });
+    expect(byType(got, "invoice.paid")[0].data.invoice).toMatchObject({ id: invoice.id, status: "paid" });
+    expect(rx.received.every((r) => r.verified)).toBe(true);
+    // The watch journal has the runtime change too.
+    const tok = await token({ tenant });
+    const w = await openSse(`${base}/deployments/${id}/watch`, { token: tok, lastEventId: "0" });
+    await waitFor(async () => w.messages.some((m) => m.event === "deployment.runtime_changed"), { what: "the runtime line" });
+    expect(w.messages.filter((m) => m.event === "deployment.runtime_changed")).toHaveLength(1);
+    w.close();
+  });
+
   test("the receiver answers 500 for a while, then 200: every event arrives, in order per deployment, none lost", async () => {
     const { api, rx, webhook } = await tenantWithHook(["deployment.created", "deployment.transitioned"]);
     let failing = true;
