@@ -1,4 +1,5 @@
 import type { ServiceBroker } from "moleculer";
+import { Client } from "pg";
 import { startSimulator, type Simulator } from "../sim/simulator";
 import { apiUrl, asTenant, client, newNamespace, startNode, token, uniq, waitFor } from "./helpers";
 import { startReceiver, type Receiver } from "./webhook-receiver";
@@ -339,4 +340,50 @@ describe("watch", () => {
     expect(op.status).toBe(200);
     op.close();
   });
+
+  test("a cluster without the webhooks service answers 503 with retry-after, not 404", async () => {
+    const lone = await startNode(["api", "deployments"]);
+    try {
+      const tok = await token({ tenant: uniq("lone") });
+      const id = (await client(apiUrl(lone), tok).post("/deployments", { slug: uniq("l") })).body.deployment.id;
+      const res = await openSse(`${apiUrl(lone)}/deployments/${id}/watch`, { token: tok });
+      expect(res.status).toBe(503);
+      expect(res.headers.get("retry-after")).toBe("5");
+      expect(res.error).toMatchObject({ code: 503, type: "SERVICE_UNAVAILABLE" });
+    } finally {
+      await lone.stop();
+    }
+  });
+});
+
+describe("catch-up", () => {
+  test("events that happen while no webhooks node runs (a provisioning, its moves, the saga's end) are delivered once one starts", async () => {
+    const { api, rx } = await tenantWithHook();
+    // The running node has started its feeds (its first catch-up sets the cursors; history before that is not replayed).
+    const db = new Client({ connectionString: process.env.DATABASE_URL });
+    await db.connect();
+    try {
+      await waitFor(async () => (await db.query("select count(*)::int as n from webhook_feed_cursors")).rows[0].n === 2, { what: "the catch-up cursors" });
+    } finally {
+      await db.end();
+    }
+    await hooks.stop();
+    await waitFor(async () => !gateway.registry.services.has("v1.webhooks", "wh-webhooks"), { what: "the webhooks node to leave" });
+    const created = await api.post("/deployments", { slug: uniq("cu"), provision: true });
+    expect(created.status).toBe(202);
+    const saga = await waitFor(async () => {
+      const res = await api.get(`/sagas/${created.body.saga.id}`);
+      return res.body.saga?.status === "succeeded" ? res.body.saga : null;
+    }, { timeoutMs: 30_000, what: "the saga to succeed" });
+    expect(rx.received).toHaveLength(0);
+    hooks = await startNode(["webhooks"], { nats: gateway.namespace, nodeID: "wh-webhooks-2", settings: { webhooks: WEBHOOKS } });
+    const got = await waitFor(async () => {
+      const b = rx.accepted();
+      return byType(b, "saga.succeeded").length && byType(b, "deployment.transitioned").length ? b : null;
+    }, { timeoutMs: 30_000, what: "the caught-up webhooks" });
+    expect(byType(got, "deployment.created")[0].data.deployment.id).toBe(created.body.deployment.id);
+    expect(byType(got, "saga.succeeded")[0].data.saga).toMatchObject({ id: saga.id, status: "succeeded" });
+    expect(byType(got, "deployment.transitioned").map((b) => b.data.event.to_state)).toEqual(["active"]);
+    expect(rx.received.every((r) => r.verified)).toBe(true);
+  }, 90_000);
 });

@@ -1,5 +1,5 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
-import type { Context, ServiceSchema } from "moleculer";
+import { Errors, type Context, type ServiceSchema } from "moleculer";
 import { createSession } from "better-sse";
 import type { WatchEventsResult, WatchOpenResult } from "../webhooks.service";
 
@@ -39,9 +39,14 @@ export const WatchMixin: Partial<ServiceSchema> = {
   methods: {
     /** The alias handler: errors before the stream starts go to moleculer-web's error answer (404, 401, 503). */
     watchAlias(this: any, req: Req, res: ServerResponse, next: (err?: unknown) => void) {
-      this.watchStream(req, res).catch((err: unknown) => {
-        if (!res.headersSent) next(err);
-        else res.end();
+      this.watchStream(req, res).catch((err: any) => {
+        if (res.headersSent) return void res.end();
+        // The webhooks (or deployments) service not being reachable is 503 with retry-after, never a 404.
+        if (["SERVICE_NOT_FOUND", "SERVICE_NOT_AVAILABLE", "REQUEST_TIMEOUT"].includes(err?.type)) {
+          res.setHeader("retry-after", "5");
+          return next(new Errors.MoleculerError(`Watching is unavailable right now: ${err.message}`, 503, "SERVICE_UNAVAILABLE", null));
+        }
+        next(err);
       });
     },
 
