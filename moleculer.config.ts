@@ -20,6 +20,7 @@ export function brokerConfig(env = process.env): BrokerOptions {
     heartbeatTimeout: 15,
     retryPolicy: { enabled: false },
     validator: new ClearValidator(),
+    // Access (lib/access.ts) is enforced through the validator, so it runs before parameter validation.
     middlewares: [LogContextMiddleware],
     metrics: metricsPort
       ? { enabled: true, reporter: [{ type: "Prometheus", options: { port: metricsPort, path: "/metrics" } }] }

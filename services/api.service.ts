@@ -2,7 +2,7 @@ import type { Context, ServiceSchema } from "moleculer";
 import ApiGateway from "moleculer-web";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { authConfigFromEnv, createVerifier } from "../lib/auth";
-import type { User } from "../lib/access";
+import type { Access, User } from "../lib/access";
 import { openApiDocument } from "./api/openapi";
 import { WATCH_ALIAS, WatchMixin } from "./api/watch";
 
@@ -97,17 +97,27 @@ const ApiService: ServiceSchema<any> = {
   },
 
   actions: {
+    // moleculer-web's own management actions: never routed over HTTP here (no aliases), operators only otherwise.
+    listAliases: { access: "internal" },
+    addRoute: { access: "internal" },
+    removeRoute: { access: "internal" },
     openapi: {
-      handler() {
-        return openApiDocument({ ...PUBLIC_ALIASES, ...API_ALIASES });
+      access: "public",
+      handler(this: any) {
+        const declared = new Map<string, Access | undefined>(
+          this.broker.registry.getActionList({ withEndpoints: false }).map((a: { name: string; action?: { access?: Access } }) => [a.name, a.action?.access]),
+        );
+        return openApiDocument({ ...PUBLIC_ALIASES, ...API_ALIASES }, (name) => declared.get(name));
       },
     },
     health: {
+      access: "public",
       handler(this: any) {
         return { status: "ok", node: this.broker.nodeID, uptime_s: Math.round(process.uptime()) };
       },
     },
     ready: {
+      access: "public",
       async handler(this: any, ctx: Context<unknown, { $statusCode?: number }>) {
         const checks: Record<string, string> = {};
         checks.transporter = !this.broker.transit || this.broker.transit.connected ? "ok" : "disconnected";

@@ -91,6 +91,7 @@ const DeploymentsService: ServiceSchema<any> = {
 
   actions: {
     create: {
+      access: "scoped",
       params: {
         slug: { type: "string", pattern: SLUG, messages: { stringPattern: "'slug' must be a lowercase DNS label (a-z, 0-9, '-', at most 63 characters, no leading or trailing '-')" } },
         display_name: { type: "string", min: 1, max: 200, optional: true },
@@ -160,6 +161,7 @@ const DeploymentsService: ServiceSchema<any> = {
     },
 
     list: {
+      access: "scoped",
       params: {
         state: { type: "enum", values: DEPLOYMENT_STATES, optional: true },
         limit: { type: "number", integer: true, min: 1, max: 200, convert: true, optional: true },
@@ -189,6 +191,7 @@ const DeploymentsService: ServiceSchema<any> = {
     },
 
     get: {
+      access: "scoped",
       params: { id: { type: "string" } },
       async handler(this: any, ctx: ActionCtx<IdParams>) {
         const id = ctx.params.id;
@@ -204,6 +207,7 @@ const DeploymentsService: ServiceSchema<any> = {
 
     /** For other services: the deployment if the caller may see it, else 404. */
     find: {
+      access: "scoped",
       visibility: "public",
       params: { id: { type: "string" } },
       async handler(this: any, ctx: ActionCtx<IdParams>) {
@@ -212,6 +216,7 @@ const DeploymentsService: ServiceSchema<any> = {
     },
 
     transition: {
+      access: "scoped",
       params: {
         id: { type: "string" },
         to_state: { type: "enum", values: DEPLOYMENT_STATES },
@@ -225,6 +230,7 @@ const DeploymentsService: ServiceSchema<any> = {
 
     /** Saga step mark_deployment_provisioning: the deployment exists, is visible and is still provisioning. */
     markProvisioning: {
+      access: "internal",
       visibility: "public",
       params: { id: { type: "string" } },
       async handler(this: any, ctx: ActionCtx<IdParams>) {
@@ -236,6 +242,7 @@ const DeploymentsService: ServiceSchema<any> = {
 
     /** Saga step activate_deployment: the one move out of provisioning besides the rollback. Idempotent. */
     activateProvisioned: {
+      access: "internal",
       visibility: "public",
       params: { id: { type: "string" }, actor: { type: "string", optional: true } },
       async handler(this: any, ctx: ActionCtx<IdParams & { actor?: string }>) {

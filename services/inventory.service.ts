@@ -100,6 +100,7 @@ const InventoryService: ServiceSchema<any> = {
   actions: {
     /** For the gateway's /ready: the database (as every DB service) and the provider answering with our token. */
     ready: {
+      access: "public",
       visibility: "public",
       async handler(this: any) {
         const provider = await this.probeClient.getAccount().then(
@@ -112,6 +113,7 @@ const InventoryService: ServiceSchema<any> = {
 
     /** Idempotent by (provider, external_id): a second register returns the same row with mutable fields updated. */
     register: {
+      access: "scoped",
       visibility: "public",
       params: {
         provider: { type: "enum", values: RESOURCE_PROVIDERS, optional: true },
@@ -157,6 +159,7 @@ const InventoryService: ServiceSchema<any> = {
 
     /** Links a resource to a deployment. Linking again to the same deployment changes nothing. */
     link: {
+      access: "scoped",
       visibility: "public",
       params: { ...REF_PARAMS, deployment_id: UUID_PARAM },
       async handler(this: any, ctx: ActionCtx<LinkParams>) {
@@ -172,6 +175,7 @@ const InventoryService: ServiceSchema<any> = {
 
     /** Clears the deployment link; a no-op when there is none (or, with `deployment_id`, when it is another one). */
     unlink: {
+      access: "scoped",
       visibility: "public",
       params: { ...REF_PARAMS, deployment_id: { ...UUID_PARAM, optional: true } },
       async handler(this: any, ctx: ActionCtx<UnlinkParams>) {
@@ -186,6 +190,7 @@ const InventoryService: ServiceSchema<any> = {
 
     /** Status `destroyed` and `destroyed_at`, once; everything else (the link included) is kept for history. */
     markDestroyed: {
+      access: "scoped",
       visibility: "public",
       params: REF_PARAMS,
       async handler(this: any, ctx: ActionCtx<ResourceRef>) {
@@ -199,6 +204,7 @@ const InventoryService: ServiceSchema<any> = {
     },
 
     list: {
+      access: "scoped",
       params: {
         tenant_id: { type: "string", min: 1, max: 200, optional: true },
         deployment_id: { ...UUID_PARAM, optional: true },
@@ -233,6 +239,7 @@ const InventoryService: ServiceSchema<any> = {
     },
 
     get: {
+      access: "scoped",
       params: { id: { type: "string", optional: true }, external_id: REF_PARAMS.external_id, provider: REF_PARAMS.provider },
       async handler(this: any, ctx: ActionCtx<ResourceRef>) {
         const user = currentUser(ctx);
@@ -244,6 +251,7 @@ const InventoryService: ServiceSchema<any> = {
 
     // ---- the provider side: droplets, for the provisioning saga (operators and the system user only) ----
     createDroplet: {
+      access: "internal",
       visibility: "public",
       params: {
         name: { type: "string", min: 1, max: 255 },
@@ -253,34 +261,33 @@ const InventoryService: ServiceSchema<any> = {
         tags: { type: "array", items: "string", max: 50, optional: true },
       },
       async handler(this: any, ctx: ActionCtx<CreateDropletInput>) {
-        requireOperator(ctx);
         // Never retried here: a create in doubt is settled by the caller looking the saga's tag up.
         const res = await provider(() => this.doClient.createDroplet(ctx.params) as Promise<CreateDropletResult>);
         return { droplet: dropletDto(res.droplet) };
       },
     },
     getDroplet: {
+      access: "internal",
       visibility: "public",
       params: { id: { type: "number", integer: true, convert: true } },
       async handler(this: any, ctx: ActionCtx<{ id: number }>) {
-        requireOperator(ctx);
         return { droplet: dropletDto(await provider(() => this.doClient.getDroplet(ctx.params.id) as Promise<Droplet>)) };
       },
     },
     dropletsByTag: {
+      access: "internal",
       visibility: "public",
       params: { tag: { type: "string", min: 1, max: 255 } },
       async handler(this: any, ctx: ActionCtx<{ tag: string }>) {
-        requireOperator(ctx);
         const droplets: Droplet[] = await provider(() => this.doClient.listDropletsByTag(ctx.params.tag));
         return { droplets: droplets.map(dropletDto) };
       },
     },
     destroyDroplet: {
+      access: "internal",
       visibility: "public",
       params: { id: { type: "number", integer: true, convert: true } },
       async handler(this: any, ctx: ActionCtx<{ id: number }>) {
-        requireOperator(ctx);
         return { destroyed: await provider(() => this.doClient.deleteDroplet(ctx.params.id) as Promise<boolean>) };
       },
     },

@@ -30,6 +30,20 @@ export const WatchMixin: Partial<ServiceSchema> = {
     this.watchers = new Map<string, Set<Wake>>();
   },
 
+  actions: {
+    /**
+     * Not called: the route is the function alias above. This declaration is what the access gate and the
+     * OpenAPI document read for GET /deployments/:id/watch (its operationId); scoping itself is v1.webhooks.watchOpen's.
+     */
+    watch: {
+      visibility: "public",
+      access: "scoped",
+      handler() {
+        throw new Errors.MoleculerClientError("Watch a deployment with GET /api/v1/deployments/:id/watch (text/event-stream)", 404, "NOT_FOUND");
+      },
+    },
+  },
+
   events: {
     "webhooks.watch.appended"(this: any, ctx: Context<{ deployment_id: string }>) {
       for (const wake of this.watchers.get(ctx.params.deployment_id) ?? []) wake();

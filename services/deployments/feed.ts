@@ -1,6 +1,6 @@
 import type { ServiceSchema } from "moleculer";
 import { emOf } from "../../lib/db";
-import { requireOperator, type ActionCtx } from "../../lib/access";
+import type { ActionCtx } from "../../lib/access";
 import { isoSql } from "../../lib/dto";
 import { eventDto, type DeploymentDto } from "../deployments.service";
 
@@ -29,7 +29,6 @@ export const DeploymentFeedMixin: Partial<ServiceSchema> = {
         limit: { type: "number", integer: true, min: 1, max: 500, convert: true, optional: true },
       },
       async handler(this: any, ctx: ActionCtx<EventsSinceParams>): Promise<EventsSinceResult> {
-        requireOperator(ctx);
         const em = emOf(ctx);
         const rows = await em.getConnection().execute(
           `select id, deployment_id, from_state, to_state, reason, actor, notes, ${isoSql("occurred_at")} as occurred_at from deployment_events
