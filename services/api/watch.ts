@@ -28,6 +28,18 @@ export const WatchMixin: Partial<ServiceSchema> = {
 
   created() {
     this.watchers = new Map<string, Set<Wake>>();
+    this.watchResponses = new Set<ServerResponse>();
+  },
+  started() {
+    // moleculer-web's stopped() waits for server.close(), which waits for every open stream: end them first
+    // (whatever order the lifecycle hooks run in). Clients reconnect, with Last-Event-ID, to another gateway.
+    const server = this.server;
+    if (!server) return;
+    const close = server.close.bind(server);
+    server.close = (cb?: (err?: Error) => void) => {
+      for (const res of this.watchResponses) res.end();
+      return close(cb);
+    };
   },
 
   actions: {
@@ -107,8 +119,10 @@ export const WatchMixin: Partial<ServiceSchema> = {
       set.add(wake);
       this.watchers.set(id, set);
       const poll = setInterval(wake, this.settings.watchPollMs);
+      this.watchResponses.add(res);
       session.once("disconnected", () => {
         closed = true;
+        this.watchResponses.delete(res);
         clearInterval(poll);
         set.delete(wake);
         if (!set.size) this.watchers.delete(id);
