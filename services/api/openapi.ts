@@ -13,6 +13,8 @@ interface RouteDoc {
   response: string;
   /** Served as text/event-stream (the watch route) instead of JSON. */
   stream?: boolean;
+  /** Error statuses this route answers beyond the ones its access and path imply (status → description). */
+  errors?: Record<string, string>;
 }
 
 const str = { type: "string" };
@@ -25,10 +27,10 @@ const DELIVERY_STATUSES = ["pending", "delivering", "succeeded", "failed", "canc
 const WEBHOOK_ROUTE_DOCS: Record<string, RouteDoc> = {
   "GET /deployments/:id/watch": {
     summary: "Server-Sent Events: event `deployment` (the GET /deployments/:id view), then one message per deployment event, runtime change and saga step move (`event:` its type, `id:` the deployment's increasing journal sequence; send Last-Event-ID to resume), a comment line every 15 s",
-    status: 200, response: "WatchStream", stream: true,
+    status: 200, response: "WatchStream", stream: true, errors: { "503": "The webhooks (watch) service is unreachable; retry-after" },
   },
   "POST /webhooks": {
-    summary: "Register a webhook endpoint for your tenant (operators: all_tenants or tenant_id); the secret is in this answer only", status: 201, response: "WebhookCreated",
+    summary: "Register a webhook endpoint for your tenant (operators: all_tenants or tenant_id); the secret is in this answer only", status: 201, response: "WebhookCreated", errors: { "403": "all_tenants asked for by a non-operator" },
     body: obj({ url: { ...str, maxLength: 2048, description: "http or https; private, loopback and link-local addresses are refused unless WEBHOOK_ALLOW_PRIVATE=1" }, events: { type: "array", uniqueItems: true, items: { enum: WEBHOOK_EVENTS }, description: "absent or empty: every type" }, all_tenants: { type: "boolean", description: "operators only" }, tenant_id: { ...str, description: "operators only" } }, ["url"]),
   },
   "GET /webhooks": { summary: "Webhook endpoints, newest first (keyset pagination)", status: 200, response: "WebhookList", query: { limit: { ...int, minimum: 1, maximum: 200, default: 50 }, cursor: str, tenant_id: { ...str, description: "operators only" } } },
@@ -127,6 +129,7 @@ export function openApiDocument(aliases: Record<string, string>, accessOf: (acti
     if (access !== "public") errors["401"] = { description: "Missing or bad token", content: { "application/json": { schema: ref("Error") } } };
     if (access === "operator") errors["403"] = { description: "Operators only (platform-admin)", content: { "application/json": { schema: ref("Error") } } };
     if (path.includes(":")) errors["404"] = { description: "Absent or another tenant's", content: { "application/json": { schema: ref("Error") } } };
+    for (const [status, description] of Object.entries(doc.errors ?? {})) errors[status] = { description, content: { "application/json": { schema: ref("Error") } } };
     (paths[oaPath] ??= {})[method.toLowerCase()] = {
       summary: doc.summary,
       operationId: aliases[key],
