@@ -5,6 +5,8 @@ import { authConfigFromEnv, createVerifier } from "../lib/auth";
 import type { Access, User } from "../lib/access";
 import { openApiDocument } from "./api/openapi";
 import { WATCH_ALIAS, WatchMixin } from "./api/watch";
+import { IdempotencyStore } from "./api/idempotency";
+import { WriteRateLimit, recordSuccess, refuseParamsOfSchemalessAction, withIdempotency } from "./api/app-guards";
 
 const { UnAuthorizedError, ERR_NO_TOKEN } = ApiGateway.Errors;
 
@@ -70,7 +72,7 @@ const ApiService: ServiceSchema<any> = {
         },
         onAfterCall(this: any, ctx: Context<unknown, Record<string, unknown>>, _route: unknown, req: Req, res: ServerResponse, data: unknown) {
           this.logger.info({ request_id: ctx.requestID, method: req.method, url: req.url, status: (ctx.meta.$statusCode as number) ?? res.statusCode, ms: Date.now() - ((req as any).$startedAt ?? Date.now()) }, "response");
-          return data;
+          return recordSuccess(this.idempotency, req, (ctx.meta.$statusCode as number) ?? res.statusCode ?? 200, data).then(() => data);
         },
       },
     ],
@@ -94,6 +96,20 @@ const ApiService: ServiceSchema<any> = {
 
   created() {
     this.verify = createVerifier(this.settings.auth ?? authConfigFromEnv());
+    // SPEC §9 (services/api/app-guards.ts): write rate limit per tenant token, idempotency keys in PostgreSQL.
+    this.writeLimit = new WriteRateLimit(Number(this.settings.rateLimitWritesPerMin ?? process.env.RATE_LIMIT_WRITES_PER_MIN ?? 600));
+    this.idempotency = new IdempotencyStore({
+      url: this.settings.idempotencyDatabaseUrl ?? process.env.DATABASE_URL,
+      ttlMs: Number(process.env.IDEMPOTENCY_TTL_MS ?? 24 * 3600_000),
+      lockTimeoutMs: Number(process.env.IDEMPOTENCY_LOCK_TIMEOUT_MS ?? 120_000),
+      poolMax: Number(process.env.IDEMPOTENCY_POOL_MAX ?? 5),
+    });
+  },
+  started() {
+    this.idempotency.startSweep(Number(process.env.IDEMPOTENCY_SWEEP_MS ?? 3600_000), (err: Error) => this.logger.warn({ err: err.message }, "idempotency sweep failed"));
+  },
+  async stopped() {
+    await this.idempotency.close();
   },
 
   actions: {
@@ -139,17 +155,24 @@ const ApiService: ServiceSchema<any> = {
   },
 
   methods: {
+    /** moleculer-web's callAction behind the strict-parameter check and the request's Idempotency-Key. */
+    callAction(this: any, route: unknown, actionName: string, req: Req, res: ServerResponse, params: unknown, isStream: boolean) {
+      refuseParamsOfSchemalessAction(req as any);
+      return withIdempotency(this.idempotency, req as any, res, () => (ApiGateway as any).methods.callAction.call(this, route, actionName, req, res, params, isStream));
+    },
     readyActions(this: any): string[] {
       const running = new Set<string>(this.broker.registry.getServiceList({ onlyAvailable: true }).map((s: { fullName: string }) => s.fullName));
       return ["v1.deployments", "v1.subscriptions", "v1.inventory", "v1.dns", "v1.provisioning", "v1.billing", "v1.webhooks"].filter((s) => running.has(s)).map((s) => `${s}.ready`);
     },
-    async authenticate(this: any, _ctx: Context, _route: unknown, req: Req, _res: unknown, alias: { action?: string }): Promise<User | null> {
+    async authenticate(this: any, _ctx: Context, _route: unknown, req: Req, res: ServerResponse, alias: { action?: string }): Promise<User | null> {
       if (alias?.action && Object.values(PUBLIC_ALIASES).includes(alias.action)) return null;
       const header = req.headers.authorization;
       if (!header) throw new UnAuthorizedError(ERR_NO_TOKEN, null as any);
       const [scheme, token] = header.split(" ");
       if (scheme?.toLowerCase() !== "bearer" || !token) throw new UnAuthorizedError(ERR_NO_TOKEN, null as any);
-      return this.verify(token);
+      const user: User = await this.verify(token);
+      await this.writeLimit.check(req, res, user, token);
+      return user;
     },
   },
 };

@@ -1,5 +1,5 @@
 import { randomUUID } from "node:crypto";
-import { LockMode } from "@mikro-orm/core";
+import { LockMode, UniqueConstraintViolationException } from "@mikro-orm/core";
 import type { ServiceSchema } from "moleculer";
 import type { EntityManager } from "@mikro-orm/postgresql";
 import { Errors } from "moleculer";
@@ -13,6 +13,7 @@ import { decodeCursor, encodeCursor } from "../lib/pagination";
 import { iso, isoSql, type Page } from "../lib/dto";
 import { logFields } from "../lib/log-context";
 import { DeploymentFeedMixin } from "./deployments/feed";
+import { admitCreate, existingSlugId, slugTaken } from "./deployments/admission";
 
 const SLUG = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$";
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
@@ -118,6 +119,7 @@ const DeploymentsService: ServiceSchema<any> = {
         let event!: DeploymentEvent;
         try {
           await emOf(ctx).transactional(async (em) => {
+            await admitCreate(em as EntityManager, tenantId, p.slug);
             deployment = em.create(Deployment, {
               id: randomUUID(),
               tenant_id: tenantId,
@@ -138,7 +140,8 @@ const DeploymentsService: ServiceSchema<any> = {
             } as any);
           });
         } catch (err) {
-          mapDbError(err, () => conflict(`Slug '${p.slug}' is already used by this tenant`, "SLUG_TAKEN", { slug: p.slug }));
+          const takenBy = err instanceof UniqueConstraintViolationException ? await existingSlugId(emOf(ctx), tenantId, p.slug).catch(() => null) : null;
+          mapDbError(err, () => slugTaken(p.slug, takenBy));
         }
         const dto = deploymentDto(deployment);
         await this.publish(ctx, "deployments.created", { deployment: dto, event: eventDto(event) });

@@ -9,15 +9,18 @@ import { currentUser, listTenant, requireOperator, systemUser, visibleTo, type A
 import { conflict, invalid, mapDbError, notFound } from "../lib/errors";
 import { decodeCursor, encodeCursor } from "../lib/pagination";
 import type { Page } from "../lib/dto";
-import { doClientFrom, provider, SizeCache } from "../lib/provider";
-import type { CreateDropletInput, CreateDropletResult, Droplet } from "../lib/digitalocean";
+import { catalogTtlMs, doClientFrom, provider, SizeCache, TtlCache } from "../lib/provider";
+import type { CreateDropletInput, CreateDropletResult, Droplet, Region } from "../lib/digitalocean";
 import { compensationHandler } from "../lib/compensation";
 import { dropletDto, resourceDto, UUID, UUID_PARAM, type ResourceDto } from "./inventory/common";
 import { DriftMixin } from "./inventory/drift";
+import { ProviderActionsMixin } from "./inventory/provider-actions";
 
 // Shared DTOs (services/inventory/common.ts) and the drift feature's exports (services/inventory/drift.ts), re-exported from here.
 export { dropletDto, resourceDto, type ResourceDto } from "./inventory/common";
 export { driftActionDto, dropletDifferences, sagaIdOf } from "./inventory/drift";
+export { actionDto, regionDto, sizeDto } from "./inventory/provider-actions";
+export type { ActionDto, DestroyByTagResult, DropletActionParams, RegionDto, SizeDto, UpdateResourceParams } from "./inventory/provider-actions";
 export type { DriftActionDto, DriftActionParams, DriftDifference, DriftEntry, DriftKind, DriftReport } from "./inventory/drift";
 
 const IPV4 = "^(25[0-5]|2[0-4]\\d|1\\d\\d|[1-9]?\\d)(\\.(25[0-5]|2[0-4]\\d|1\\d\\d|[1-9]?\\d)){3}$";
@@ -73,7 +76,8 @@ export interface ListParams {
  * Inventory of provider resources (SPEC §5). `list` and `get` are the tenant-scoped HTTP reads; `register`,
  * `link`, `unlink` and `markDestroyed` are for the provisioning saga (visibility "public": callable by other
  * services, never routed over HTTP), and are idempotent so a retried step changes nothing twice. The droplet
- * actions and the saga's compensation handler are here too; drift (`drift`, `driftAction`, the periodic check)
+ * calls and the saga's compensation handler are here too; power/resize actions, the catalog (regions, sizes),
+ * updateResource, forDeployment and destroyByTag come from ProviderActionsMixin (services/inventory/provider-actions.ts); drift (`drift`, `driftAction`, the periodic check)
  * comes from DriftMixin (services/inventory/drift.ts, docs/drift.md).
  */
 const InventoryService: ServiceSchema<any> = {
@@ -81,18 +85,21 @@ const InventoryService: ServiceSchema<any> = {
   version: 1,
   // DriftMixin first: Moleculer runs created/started hooks in this order and stopped in reverse, so the drift
   // check starts after the DbMixin opened the ORM and is stopped (a running check awaited) before it closes it.
-  mixins: [DriftMixin, DbMixin([CloudResource, DriftAction])],
+  mixins: [DriftMixin, ProviderActionsMixin, DbMixin([CloudResource, DriftAction])],
   settings: {
     // DigitalOcean API root and token; default to DO_API_URL / DO_TOKEN / the embedded simulator (lib/provider.ts).
     doApiUrl: undefined,
     doToken: undefined,
-    // How long the provider's size list (for monthly prices) is reused.
-    sizesTtlMs: 5 * 60_000,
+    // How long the provider's catalog (sizes with their prices, regions) is reused; undefined:
+    // INVENTORY_CATALOG_TTL_MS (default 300000). `sizesTtlMs` is its older name.
+    catalogTtlMs: undefined,
   },
 
   created() {
     this.doClient = doClientFrom(this.settings);
-    this.sizes = new SizeCache(this.doClient, this.settings.sizesTtlMs);
+    const ttl = this.settings.catalogTtlMs ?? this.settings.sizesTtlMs ?? catalogTtlMs();
+    this.sizes = new SizeCache(this.doClient, ttl);
+    this.regionCache = new TtlCache<Region[]>(() => this.doClient.listRegions(), ttl);
     // /ready asks once, without the client's retries: a provider that does not answer now is not ready.
     this.probeClient = doClientFrom({ ...this.settings, doMaxRetries: 0 });
   },
