@@ -351,6 +351,9 @@ describe("watch", () => {
     expect(other.error).toMatchObject({ code: 404, type: "NOT_FOUND" });
     expect((await sse(`${base}/deployments/${id}/watch`)).status).toBe(401);
     expect((await sse(`${base}/deployments/not-a-uuid/watch`, { token: tok })).status).toBe(404);
+    const strict = await sse(`${base}/deployments/${id}/watch?since=3`, { token: tok });
+    expect(strict.status).toBe(422);
+    expect(strict.error).toMatchObject({ type: "VALIDATION_ERROR", data: [expect.objectContaining({ field: "since" })] });
     const op = await sse(`${base}/deployments/${id}/watch`, { token: await token({ roles: ["platform-admin"] }) });
     expect(op.status).toBe(200);
     op.close();

@@ -78,6 +78,12 @@ export const WatchMixin: Partial<ServiceSchema> = {
 
     async watchStream(this: any, req: Req, res: ServerResponse) {
       const id = req.$params.id;
+      // The route takes no query parameters; like every route, it names the ones it does not know (422).
+      const unknown = Object.keys((req as any).query ?? {});
+      if (unknown.length) {
+        const data = unknown.map((name) => ({ type: "unknownParameter", field: name, message: `Unknown parameter '${name}': this route does not take it.` }));
+        throw new Errors.ValidationError(data.map((d) => d.message).join("; "), "VALIDATION_ERROR", data as any);
+      }
       const meta = { user: req.$ctx.meta.user };
       const call = <T>(action: string, params: object) => this.broker.call(action, params, { meta, requestID: req.$ctx.requestID }) as Promise<T>;
       // Scoped like GET /deployments/:id: another tenant's id is 404 before any byte of the stream is sent.
