@@ -39,6 +39,7 @@ export const API_ALIASES: Record<string, string> = {
   "GET /webhooks": "v1.webhooks.list",
   "DELETE /webhooks/:id": "v1.webhooks.remove",
   "GET /webhooks/:id/deliveries": "v1.webhooks.deliveries",
+  "GET /webhooks/deliveries": "v1.webhooks.allDeliveries",
 };
 export const PUBLIC_ALIASES: Record<string, string> = {
   "GET /health": "api.health",

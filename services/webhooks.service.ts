@@ -173,6 +173,40 @@ const WebhooksService: ServiceSchema<any> = {
       },
     },
 
+    /** Operators: deliveries of every endpoint, newest first — `status=failed` lists the ones given up on. */
+    allDeliveries: {
+      access: "operator",
+      params: {
+        status: { type: "enum", values: ["pending", "delivering", "succeeded", "failed", "cancelled"], optional: true },
+        tenant_id: { type: "string", min: 1, max: 200, optional: true },
+        limit: { type: "number", integer: true, min: 1, max: 200, convert: true, optional: true },
+        cursor: { type: "string", max: 200, optional: true },
+      },
+      async handler(this: any, ctx: ActionCtx<{ status?: string; tenant_id?: string; limit?: number; cursor?: string }>): Promise<Page<DeliveryDto & { webhook_id: string; tenant_id: string }>> {
+        const p = ctx.params;
+        const limit = p.limit ?? 50;
+        const conds = ["true"];
+        const args: unknown[] = [];
+        if (p.status) conds.push("d.status = ?") && args.push(p.status);
+        if (p.tenant_id) conds.push("e.tenant_id = ?") && args.push(p.tenant_id);
+        if (p.cursor) {
+          const seq = Buffer.from(p.cursor, "base64url").toString("utf8");
+          if (!/^\d{1,18}$/.test(seq)) throw invalid("cursor is not a cursor this API returned", [{ field: "cursor" }]);
+          conds.push("d.seq < ?") && args.push(seq);
+        }
+        const rows = await emOf(ctx).execute(
+          `select ${deliveryCols}, d.endpoint_id, e.tenant_id from webhook_deliveries d join webhook_events e on e.id = d.event_id where ${conds.join(" and ")} order by d.seq desc limit ${limit + 1}`,
+          args,
+        );
+        const page = rows.slice(0, limit);
+        const last = page[page.length - 1];
+        return {
+          items: page.map((r: any) => ({ ...deliveryDto(r), webhook_id: r.endpoint_id, tenant_id: r.tenant_id })),
+          next_cursor: rows.length > limit && last ? Buffer.from(String(last.seq)).toString("base64url") : null,
+        };
+      },
+    },
+
     /** For the gateway's watch route: the deployment's view (scoped like GET /deployments/:id) and its journal head. */
     watchOpen: {
       visibility: "public",

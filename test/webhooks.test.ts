@@ -282,6 +282,11 @@ describe("deliveries", () => {
       expect(rx.received.every((r) => r.verified && r.body.id === "evt_dep_900000001")).toBe(true);
       const asOperator: any = await few.call("v1.webhooks.deliveries", { id: webhook.id, status: "failed" }, { meta: { user: { sub: "op", tenant_id: null, roles: ["platform-admin"], operator: true } } });
       expect(asOperator.items.map((d: any) => d.id)).toEqual([failed.id]);
+      // Listed for operators across every endpoint; tenants may not ask.
+      const everywhere = await operator.get(`/webhooks/deliveries?status=failed&tenant_id=${tenant}`);
+      expect(everywhere.status).toBe(200);
+      expect(everywhere.body.items).toEqual([expect.objectContaining({ id: failed.id, webhook_id: webhook.id, tenant_id: tenant, status: "failed" })]);
+      expect((await client(base, await token({ tenant })).get("/webhooks/deliveries?status=failed")).status).toBe(403);
     } finally {
       await few.stop();
     }

@@ -93,6 +93,7 @@ export const ROUTE_DOCS: Record<string, RouteDoc> = {
   "POST /webhooks": { summary: "Register a webhook endpoint for your tenant (operators: all_tenants or a tenant_id); its secret is in this answer only. URLs: http/https, no private, loopback or link-local addresses (422) unless WEBHOOK_ALLOW_PRIVATE=1", responses: { 201: "WebhookCreated" }, errors: [403] },
   "GET /webhooks": { summary: "Webhook endpoints, newest first (keyset pagination); never their secrets", responses: { 200: "WebhookList" } },
   "DELETE /webhooks/:id": { summary: "Remove a webhook endpoint; what it still had pending is cancelled", responses: { 200: "WebhookEnvelope" } },
+  "GET /webhooks/deliveries": { summary: "Operators: deliveries of every endpoint, newest first; status=failed lists the ones given up on", responses: { 200: "OperatorDeliveryList" } },
   "GET /webhooks/:id/deliveries": { summary: "An endpoint's deliveries, newest first: status, attempts, last response code and error, next attempt, attempt history (status=failed: given up)", responses: { 200: "DeliveryList" } },
 };
 
@@ -267,6 +268,8 @@ const SCHEMAS: Record<string, Schema> = {
   WebhookList: list("Webhook"),
   Delivery: DELIVERY,
   DeliveryList: list("Delivery"),
+  OperatorDelivery: { ...DELIVERY, properties: { ...(DELIVERY.properties as object), webhook_id: uuid, tenant_id: str }, required: [...(DELIVERY.required as string[]), "webhook_id", "tenant_id"] },
+  OperatorDeliveryList: list("OperatorDelivery"),
   WatchStream: { type: "string", description: "text/event-stream: messages `event: <type>`, `id: <sequence>`, `data: <JSON>`, and `:` comment lines" },
   Error: obj({
     name: str, message: str, code: { type: "integer", minimum: 400, maximum: 599 }, type: strOrNull,
