@@ -7,7 +7,7 @@ import { forbidden, invalid, notFound } from "../lib/errors";
 import { decodeCursor, encodeCursor } from "../lib/pagination";
 import type { Page } from "../lib/dto";
 import { WEBHOOK_EVENT_TYPES, fromDeploymentEvent, fromInvoiceEvent, fromRuntimeChanged, fromSagaEvent, fromStepEvent, type Mapped } from "./webhooks/events";
-import { claim, deliveryCols, deliveryDto, endpointCols, endpointDto, ingest, record, type Claimed, type DeliveryDto, type WebhookDto } from "./webhooks/store";
+import { claim, deliveryCols, deliveryDto, endpointCols, endpointDto, ingest, record, sweepRetention, type Claimed, type DeliveryDto, type WebhookDto } from "./webhooks/store";
 import { newSecret, retryDelayMs } from "./webhooks/sign";
 import { urlProblem } from "./webhooks/url";
 import { attempt } from "./webhooks/deliver";
@@ -62,6 +62,9 @@ function settingsFrom(env = process.env) {
     catchUpMarginMs: num(env.WEBHOOK_CATCHUP_MARGIN_MS, 60_000),
     // How long a deployment event's delivery waits for an earlier event of its deployment that was not heard yet.
     orderWaitMs: num(env.WEBHOOK_ORDER_WAIT_MS, 60_000),
+    // Finished deliveries, their events and watch lines are kept this long (0: forever), swept this often.
+    retentionMs: num(env.WEBHOOK_RETENTION_DAYS, 30) * 86_400_000,
+    retentionSweepMs: num(env.WEBHOOK_RETENTION_SWEEP_MS, 3_600_000),
   };
 }
 type Settings = ReturnType<typeof settingsFrom>;
@@ -399,11 +402,18 @@ const WebhooksService: ServiceSchema<any> = {
           });
       this.catchUpTimer = setTimeout(tick, Math.min(1000, this.cfg.catchUpMs));
     }
+    if (this.cfg.retentionMs > 0 && this.cfg.retentionSweepMs > 0) {
+      this.retentionTimer = setInterval(
+        () => void sweepRetention(this.orm.em.fork(), this.cfg.retentionMs).catch((err: Error) => this.logger.warn({ err: err.message }, "webhook retention sweep failed")),
+        this.cfg.retentionSweepMs,
+      );
+    }
     this.kick();
   },
   async stopped(this: any) {
     this.stoppedFlag = true;
     clearInterval(this.pollTimer);
+    clearInterval(this.retentionTimer);
     clearTimeout(this.catchUpTimer);
     // Attempts in flight finish (at most the timeout) so their outcome is recorded rather than left to the lease.
     const deadline = Date.now() + this.cfg.timeoutMs + 1000;

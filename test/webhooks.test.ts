@@ -13,7 +13,7 @@ import { openSse } from "./sse";
 
 const DOMAIN = "apps.arcadia.test";
 const STEP_NAMES = ["mark_deployment_provisioning", "create_droplet", "wait_droplet_active", "register_inventory", "link_deployment_resource", "point_deployment_dns", "activate_deployment"];
-const WEBHOOKS = { allowPrivate: true, retryBaseMs: 150, maxAttempts: 12, timeoutMs: 2000, pollMs: 100, catchUpMs: 500, claimMs: 5000 };
+const WEBHOOKS = { allowPrivate: true, retryBaseMs: 150, maxAttempts: 12, timeoutMs: 2000, pollMs: 100, catchUpMs: 500, claimMs: 5000, retentionSweepMs: 300 };
 
 let sim: Simulator;
 let gateway: ServiceBroker;
@@ -386,6 +386,36 @@ describe("watch", () => {
       expect(res.error).toMatchObject({ code: 503, type: "SERVICE_UNAVAILABLE" });
     } finally {
       await lone.stop();
+    }
+  });
+});
+
+describe("retention", () => {
+  test("finished deliveries, their events and watch lines older than WEBHOOK_RETENTION_DAYS are swept; recent and pending ones stay", async () => {
+    const { api, rx, webhook } = await tenantWithHook(["deployment.created"]);
+    const a = (await api.post("/deployments", { slug: uniq("old") })).body.deployment.id;
+    const b = (await api.post("/deployments", { slug: uniq("new") })).body.deployment.id;
+    await waitFor(async () => rx.accepted().length >= 2, { what: "both deliveries" });
+    const db = new Client({ connectionString: process.env.DATABASE_URL });
+    await db.connect();
+    try {
+      await waitFor(async () => (await db.query("select count(*)::int as n from webhook_deliveries where endpoint_id = $1 and status = 'succeeded'", [webhook.id])).rows[0].n === 2, { what: "recorded" });
+      // Age what belongs to deployment a by 31 days (the default retention is 30).
+      await db.query("update webhook_deliveries set updated_at = now() - interval '31 days' where endpoint_id = $1 and order_key = $2", [webhook.id, a]);
+      await db.query("update webhook_events set received_at = now() - interval '31 days' where deployment_id = $1", [a]);
+      await db.query("update watch_events set created_at = now() - interval '31 days' where deployment_id = $1", [a]);
+      await waitFor(async () => (await db.query("select count(*)::int as n from watch_events where deployment_id = $1", [a])).rows[0].n === 0, { what: "the sweep" });
+      await waitFor(async () => (await db.query("select count(*)::int as n from webhook_events where deployment_id = $1", [a])).rows[0].n === 0, { what: "the old event gone" });
+      const left = await api.get(`/webhooks/${webhook.id}/deliveries`);
+      expect(left.body.items.map((d: any) => d.event_id)).toEqual([expect.stringMatching(/^evt_dep_/)]);
+      expect((await db.query("select count(*)::int as n from webhook_events where deployment_id = $1", [b])).rows[0].n).toBe(1);
+      expect((await db.query("select count(*)::int as n from watch_events where deployment_id = $1", [b])).rows[0].n).toBeGreaterThan(0);
+      // Ids keep increasing after a sweep: the head stays.
+      expect((await api.post(`/deployments/${a}/transition`, { to_state: "paused" })).status).toBe(200);
+      const seq = await waitFor(async () => (await db.query("select seq from watch_events where deployment_id = $1", [a])).rows[0]?.seq, { what: "a new line" });
+      expect(Number(seq)).toBeGreaterThan(1);
+    } finally {
+      await db.end();
     }
   });
 });

@@ -139,6 +139,28 @@ export async function record(em: EntityManager, d: Claimed, o: AttemptOutcome, n
   return rows[0]?.status ?? null;
 }
 
+/**
+ * Forgets what is older than `retentionMs`: finished deliveries (succeeded, failed, cancelled), events no delivery
+ * refers to any more, watch lines, and endpoints deleted that long ago. In batches, so one sweep never holds
+ * many locks. `watch_heads` stay, so a deployment's watch ids keep increasing.
+ */
+export async function sweepRetention(em: EntityManager, retentionMs: number, batch = 1000): Promise<number> {
+  const cutoff = new Date(Date.now() - retentionMs);
+  let removed = 0;
+  const run = async (sql: string) => {
+    for (let i = 0; i < 100; i++) {
+      const rows = await em.execute(sql, [cutoff, batch]);
+      removed += rows.length;
+      if (rows.length < batch) return;
+    }
+  };
+  await run(`delete from webhook_deliveries where id in (select id from webhook_deliveries where status in ('succeeded','failed','cancelled') and updated_at < ? limit ?) returning id`);
+  await run(`delete from webhook_events where id in (select e.id from webhook_events e where e.received_at < ? and not exists (select 1 from webhook_deliveries d where d.event_id = e.id) limit ?) returning id`);
+  await run(`delete from watch_events where (deployment_id, seq) in (select deployment_id, seq from watch_events where created_at < ? limit ?) returning seq`);
+  await run(`delete from webhook_endpoints where id in (select w.id from webhook_endpoints w where w.deleted_at < ? and not exists (select 1 from webhook_deliveries d where d.endpoint_id = w.id) limit ?) returning id`);
+  return removed;
+}
+
 // ---- reads -------------------------------------------------------------------------------------------------
 
 export const endpointCols = `id, tenant_id, all_tenants, url, events, created_by, ${isoSql("inserted_at")} as inserted_at`;
