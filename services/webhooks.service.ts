@@ -273,9 +273,25 @@ const WebhooksService: ServiceSchema<any> = {
   },
 
   methods: {
-    /** Takes one event in (one transaction), then wakes the watchers and this node's delivery loop. */
-    async take(this: any, m: Mapped, source: string): Promise<void> {
-      if (!m.envelope && !m.watch) return;
+    /**
+     * Takes events of one deployment in one at a time, in the order they arrived: a saga's step events come from
+     * one emitter in order, and concurrent ingests racing for the deployment's lock could otherwise journal them
+     * out of order. (Every webhooks node hears a broadcast in the same order, so the journal keeps it.)
+     */
+    take(this: any, m: Mapped, source: string): Promise<void> {
+      if (!m.envelope && !m.watch) return Promise.resolve();
+      const key = m.watch?.deployment_id ?? m.envelope?.deployment_id;
+      if (!key) return this.takeNow(m, source);
+      const next: Promise<void> = (this.chains.get(key) ?? Promise.resolve()).then(() => this.takeNow(m, source));
+      this.chains.set(key, next);
+      void next.then(() => {
+        if (this.chains.get(key) === next) this.chains.delete(key);
+      });
+      return next;
+    },
+
+    /** Takes one event in (one transaction), then wakes the watchers and this node's delivery loop. Never throws. */
+    async takeNow(this: any, m: Mapped, source: string): Promise<void> {
       try {
         const r = await ingest(this.orm.em.fork(), m);
         if (r.watchSeq !== null) this.broker.broadcast("webhooks.watch.appended", { deployment_id: r.deploymentId, seq: r.watchSeq });
@@ -292,6 +308,14 @@ const WebhooksService: ServiceSchema<any> = {
       const [row] = await em.execute(`select ${endpointCols} from webhook_endpoints where id = ? and deleted_at is null`, [id]);
       if (!row || !(user.operator || (row.tenant_id && row.tenant_id === user.tenant_id))) throw notFound("Webhook", id);
       return endpointDto(row);
+    },
+
+    /** Background work the stop waits for, so nothing queries the database after the pool closed. */
+    track<T>(this: any, p: Promise<T>): Promise<T> {
+      this.background.add(p);
+      const done = () => this.background.delete(p);
+      p.then(done, done);
+      return p;
     },
 
     kick(this: any) {
@@ -329,6 +353,7 @@ const WebhooksService: ServiceSchema<any> = {
         const outcome = await attempt(d.url, d.secret, d.body, d.event_id, { timeoutMs: cfg.timeoutMs, allowPrivate: cfg.allowPrivate });
         const status = await record(this.orm.em.fork(), d, outcome, { maxAttempts: cfg.maxAttempts, delayMs: retryDelayMs(d.attempts, cfg.retryBaseMs) });
         const level = outcome.ok ? "debug" : status === "failed" ? "warn" : "info";
+        if (this.metricsOn && status) this.broker.metrics.increment("arcadia.webhook.attempts", { outcome: status === "pending" ? "retry" : status });
         this.logger[level]({ delivery_id: d.id, event_id: d.event_id, attempt: d.attempts, response_code: outcome.code, error: outcome.error ?? undefined, status }, "webhook delivery attempt");
       } finally {
         this.inFlight.delete(d.id);
@@ -388,6 +413,10 @@ const WebhooksService: ServiceSchema<any> = {
 
   created() {
     this.inFlight = new Set<string>();
+    this.background = new Set<Promise<unknown>>();
+    this.chains = new Map<string, Promise<void>>();
+    this.metricsOn = this.broker.isMetricsEnabled();
+    if (this.metricsOn) this.broker.metrics.register({ type: "counter", name: "arcadia.webhook.attempts", labelNames: ["outcome"], description: "Webhook delivery attempts by outcome: succeeded, retry (will be tried again), failed (given up)" });
   },
   async started(this: any) {
     this.cfg = { ...settingsFrom(), ...this.settings };
@@ -395,7 +424,7 @@ const WebhooksService: ServiceSchema<any> = {
     this.pollTimer = setInterval(() => void this.pump(), this.cfg.pollMs);
     if (this.cfg.catchUpMs > 0) {
       const tick = () =>
-        this.catchUp()
+        this.track(this.catchUp())
           .catch((err: Error) => this.logger.warn({ err: err.message }, "webhook catch-up failed"))
           .finally(() => {
             if (!this.stoppedFlag) this.catchUpTimer = setTimeout(tick, this.cfg.catchUpMs);
@@ -404,7 +433,7 @@ const WebhooksService: ServiceSchema<any> = {
     }
     if (this.cfg.retentionMs > 0 && this.cfg.retentionSweepMs > 0) {
       this.retentionTimer = setInterval(
-        () => void sweepRetention(this.orm.em.fork(), this.cfg.retentionMs).catch((err: Error) => this.logger.warn({ err: err.message }, "webhook retention sweep failed")),
+        () => void this.track(sweepRetention(this.orm.em.fork(), this.cfg.retentionMs)).catch((err: Error) => this.logger.warn({ err: err.message }, "webhook retention sweep failed")),
         this.cfg.retentionSweepMs,
       );
     }
@@ -417,7 +446,7 @@ const WebhooksService: ServiceSchema<any> = {
     clearTimeout(this.catchUpTimer);
     // Attempts in flight finish (at most the timeout) so their outcome is recorded rather than left to the lease.
     const deadline = Date.now() + this.cfg.timeoutMs + 1000;
-    while ((this.inFlight.size || this.pumping) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    while ((this.inFlight.size || this.pumping || this.background.size) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
   },
 };
 

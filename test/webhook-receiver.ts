@@ -57,7 +57,12 @@ export async function startReceiver() {
     },
     /** What was accepted (2xx), one entry per event id. */
     accepted: () => received.filter((r) => r.status >= 200 && r.status < 300).map((r) => r.body),
-    close: () => new Promise<void>((r) => server.close(() => r())),
+    close: () =>
+      new Promise<void>((r) => {
+        server.close(() => r());
+        // Keep-alive connections from the senders would otherwise hold the process open for a few seconds.
+        server.closeAllConnections();
+      }),
   };
 }
 export type Receiver = Awaited<ReturnType<typeof startReceiver>>;

@@ -1,5 +1,7 @@
-import type { ServiceBroker } from "moleculer";
 import { Client } from "pg";
+import { ServiceBroker } from "moleculer";
+import { brokerConfig } from "../moleculer.config";
+import { ALL_SERVICES } from "../services";
 import { startSimulator, type Simulator } from "../sim/simulator";
 import { apiUrl, asTenant, client, newNamespace, startNode, token, uniq, waitFor } from "./helpers";
 import { startReceiver, type Receiver } from "./webhook-receiver";
@@ -388,6 +390,28 @@ describe("watch", () => {
       await lone.stop();
     }
   });
+});
+
+test("attempts are counted by outcome (arcadia_webhook_attempts) when metrics are on", async () => {
+  // The cluster's webhooks node shares the tables and would take the work: it steps aside for this test.
+  await hooks.stop();
+  const broker = new ServiceBroker({ ...brokerConfig({ ...process.env, TRANSPORTER: "", METRICS_PORT: "" }), logger: false, namespace: uniq("ns"), metrics: { enabled: true, reporter: [] } });
+  broker.createService({ name: "webhooks", version: 1, mixins: [ALL_SERVICES.webhooks], settings: { ...WEBHOOKS, catchUpMs: 0 } });
+  await broker.start();
+  try {
+    const tenant = uniq("metrics");
+    const rx = await receiver();
+    await broker.call("v1.webhooks.create", { url: rx.url }, asTenant(tenant));
+    const deployment = { id: "7c9e6679-7425-40de-944b-e07fc1f90ae7", tenant_id: tenant, state: "active" };
+    broker.emit("deployments.created", { deployment, event: { id: 900_000_002, deployment_id: deployment.id, from_state: null, to_state: "active", occurred_at: new Date().toISOString() } });
+    await waitFor(async () => rx.accepted().length === 1, { what: "the delivery" });
+    const counted = await waitFor(async () => (broker.metrics.getMetric("arcadia.webhook.attempts") as any)?.get({ outcome: "succeeded" })?.value, { what: "the counter" });
+    expect(counted).toBe(1);
+  } finally {
+    await broker.stop();
+    hooks = await startNode(["webhooks"], { nats: gateway.namespace, nodeID: "wh-webhooks", settings: { webhooks: WEBHOOKS } });
+    await gateway.waitForServices(["v1.webhooks"], 15_000);
+  }
 });
 
 describe("retention", () => {
