@@ -1,16 +1,18 @@
 import autocannon from "autocannon";
-import { readdirSync, readFileSync } from "node:fs";
 import { Client } from "pg";
 import { migrate } from "../lib/db";
 import { mintToken } from "../bin/token";
-import { freshDatabase, startProcess, stopAll, waitForHttp } from "./lib";
+import { freshDatabase, Meter, startProcess, stopAll, table, waitForHttp, writeJson, type Window } from "./lib";
 
 /**
  * bench:api — 10,000 deployments over 100 tenants; GET /deployments/:id and the list route through the
  * gateway and a services node over NATS, against a bare node:http + pg server doing the same work (token
  * verification, tenant checks, the same rows, a byte-identical body: checked before timing). Both servers are warmed
- * up; the CPU each process spent per request is printed with every run, and so is the CPU other programs on the
- * machine took meanwhile, since on a 2-core machine that alone can halve a figure.
+ * up. Per route it prints, for our stack and the bare server side by side: requests/s and the throughput ratio,
+ * p50/p99, and the CPU ms per request of every process (from /proc/<pid>/stat utime+stime: gateway, services, the
+ * bare server, PostgreSQL's backends of the bench database and its server processes, nats-server, autocannon), and
+ * the CPU other programs took meanwhile, since on a 2-core machine that alone can halve a figure. Targets (issue 13):
+ * ratio ≥ 75%, our CPU (gateway + services) ≤ 1.2 ms per request. BENCH_JSON=file writes the figures as JSON.
  */
 const DB = process.env.BENCH_DATABASE_URL ?? "postgresql://postgres@127.0.0.1:5432/arcadia_bench";
 const NATS = process.env.BENCH_NATS_URL ?? "nats://127.0.0.1:4222";
@@ -18,6 +20,8 @@ const DURATION = Number(process.env.BENCH_SECONDS ?? 10);
 const CONNECTIONS = 50;
 const TENANTS = 100;
 const PER_TENANT = 100;
+const TARGET_RATIO = 0.75;
+const TARGET_OURS_MS = 1.2;
 
 async function seed() {
   await freshDatabase(DB);
@@ -45,68 +49,28 @@ async function seed() {
   return rows;
 }
 
-/** CPU seconds (user + system) a process has used, and the whole machine's busy CPU seconds; 0 where /proc is absent. */
-const TICK = 100;
-function cpuOf(pid: number | undefined): number {
-  try {
-    const f = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1].split(" ");
-    return (Number(f[11]) + Number(f[12])) / TICK;
-  } catch {
-    return 0;
-  }
-}
-/** CPU seconds used so far by every process with this command name (PostgreSQL backends, nats-server). */
-function cpuOfCommand(name: string): number {
-  let sum = 0;
-  try {
-    for (const pid of readdirSync("/proc")) {
-      if (!/^\d+$/.test(pid)) continue;
-      try {
-        const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-        if (stat.slice(stat.indexOf("(") + 1, stat.lastIndexOf(")")) === name) sum += cpuOf(Number(pid));
-      } catch {
-        /* gone */
-      }
-    }
-  } catch {
-    /* no /proc */
-  }
-  return sum;
-}
-function machineBusy(): number {
-  try {
-    const [, ...f] = readFileSync("/proc/stat", "utf8").split("\n")[0].trim().split(/\s+/).map(Number);
-    return (f[0] + f[1] + f[2] + f[5] + f[6] + f[7]) / TICK; // user nice system irq softirq steal
-  } catch {
-    return 0;
-  }
-}
-
 type Pick = () => { path: string; headers: Record<string, string> };
-function run(title: string, url: string, pick: Pick, pids: Record<string, number | undefined> = {}, duration = DURATION) {
-  const own = { bench: process.pid, ...pids };
-  const sample = () => ({ ...Object.fromEntries(Object.entries(own).map(([k, p]) => [k, cpuOf(p)])), postgres: cpuOfCommand("postgres"), nats: cpuOfCommand("nats-server") });
-  const before = sample();
-  const busy0 = machineBusy();
+interface Run { title: string; result: autocannon.Result; w: Window; requests: number }
+
+/** One autocannon run with every process's CPU read from /proc before and after (lib Meter). */
+function run(title: string, url: string, pick: Pick, meter: Meter, duration = DURATION): Promise<Run> {
+  meter.start();
   return new Promise<autocannon.Result>((resolve, reject) => {
     autocannon(
       { url, connections: CONNECTIONS, duration, requests: [{ setupRequest: (req: any) => ({ ...req, ...pick() }) }] },
       (err, res) => (err ? reject(err) : resolve(res)),
     );
   }).then((r) => {
+    const w = meter.stop();
     const non2xx = r.non2xx + r.errors;
-    const after = sample();
-    const spent = Object.fromEntries(Object.entries(after).map(([k, t]) => [k, t - before[k as keyof typeof before]]));
-    const ours = Object.values(spent).reduce((a, b) => a + b, 0);
-    const others = Math.max(0, machineBusy() - busy0 - ours);
-    const perReq = Object.entries(spent)
-      .map(([k, t]) => `${k} ${((t * 1000) / Math.max(1, r.requests.total)).toFixed(2)}`)
-      .join(", ");
-    console.log(`${title.padEnd(44)} ${r.requests.average.toFixed(0).padStart(7)} req/s   p50 ${String(r.latency.p50).padStart(4)} ms   p99 ${String(r.latency.p99).padStart(4)} ms${non2xx ? `   (${non2xx} non-2xx/errors!)` : ""}`);
-    if (busy0) console.log(`${"".padEnd(44)} CPU ms/request: ${perReq}; other programs on the machine ${((others / r.duration) * 100).toFixed(0)}% of a core`);
-    return r;
+    console.log(`${title.padEnd(50)} ${r.requests.average.toFixed(0).padStart(7)} req/s   p50 ${String(r.latency.p50).padStart(4)} ms   p99 ${String(r.latency.p99).padStart(4)} ms${non2xx ? `   (${non2xx} non-2xx/errors!)` : ""}`);
+    return { title, result: r, w, requests: Math.max(1, r.requests.total) };
   });
 }
+const perRequest = (r: Run, seconds: number) => (seconds * 1000) / r.requests;
+/** CPU ms per request of one process of a run (0 for a process that is not part of it). */
+const msPer = (r: Run, name: string) => perRequest(r, r.w.cpu[name] ?? 0);
+const pgPer = (r: Run) => perRequest(r, r.w.postgres.backends + r.w.postgres.server);
 
 /** The two servers must give the same answers, else the comparison is not like-for-like. */
 async function sameAnswers(picks: Pick[]): Promise<string | null> {
@@ -136,8 +100,7 @@ async function main() {
     startProcess("gateway", "dist/bin/start.js", { ...env, SERVICES: "api", NODE_ID: "bench-gateway", PORT: "3998" }),
     startProcess("bare", "dist/bench/bare-server.js", { DATABASE_URL: DB, BARE_PORT: "3999" }),
   ];
-  const pids = { gateway: children[1].pid, services: children[0].pid };
-  const barePids = { bare: children[2].pid };
+  const meter = new Meter({ gateway: children[1].pid, services: children[0].pid, bare: children[2].pid }, { databaseUrl: DB, natsUrl: NATS });
   try {
     await waitForHttp("http://127.0.0.1:3998/api/v1/health");
     await waitForHttp("http://127.0.0.1:3999/api/v1/health");
@@ -156,28 +119,70 @@ async function main() {
     };
     const mismatch = await sameAnswers([...Array.from({ length: 30 }, () => byId), ...Array.from({ length: 10 }, () => list)]);
     if (mismatch) console.log(`WARNING: the gateway and the bare server answer differently, so they do not do the same work:\n${mismatch}`);
-    console.log(`autocannon: ${CONNECTIONS} connections, ${DURATION}s per run, after a warm-up of each server`);
+    console.log(`autocannon: ${CONNECTIONS} connections, ${DURATION}s per run, after a warm-up of each server; ${meter.describe()}`);
     const warm = Math.max(2, Math.round(DURATION / 4));
     for (const pick of [byId, list]) {
-      await run("warm-up gateway", "http://127.0.0.1:3998", pick, {}, warm);
-      await run("warm-up bare", "http://127.0.0.1:3999", pick, {}, warm);
+      await run("warm-up gateway", "http://127.0.0.1:3998", pick, meter, warm);
+      await run("warm-up bare", "http://127.0.0.1:3999", pick, meter, warm);
     }
-    const results: Record<string, [autocannon.Result, autocannon.Result]> = {};
+    const results: [string, Run, Run][] = [];
     for (const [name, pick] of [["GET /deployments/:id", byId], ["GET /deployments (list, 50)", list]] as const) {
-      const gw = await run(`gateway→NATS→services  ${name}`, "http://127.0.0.1:3998", pick, pids);
-      const bare = await run(`bare node:http + pg    ${name}`, "http://127.0.0.1:3999", pick, barePids);
-      results[name] = [gw, bare];
+      const gw = await run(`gateway→NATS→services  ${name}`, "http://127.0.0.1:3998", pick, meter);
+      const bare = await run(`bare node:http + pg    ${name}`, "http://127.0.0.1:3999", pick, meter);
+      results.push([name, gw, bare]);
     }
-    console.log("\nsummary");
-    for (const [name, [gw, bare]] of Object.entries(results)) {
-      const ratio = gw.requests.average / bare.requests.average;
-      const verdict = ratio >= 0.5 && gw.latency.p99 < 50 ? "meets target" : "BELOW target";
-      console.log(`${name.padEnd(30)} throughput ratio ${(ratio * 100).toFixed(0)}% of bare, gateway p99 ${gw.latency.p99} ms  → ${verdict} (≥50%, p99 < 50 ms)`);
-    }
+    printSummary(results);
     if (mismatch) console.log("(the answers differed: see the WARNING above)");
   } finally {
     await stopAll(children);
   }
+}
+
+/** What one run cost per request, by process (JSON and the table). */
+function costOf(r: Run) {
+  const ours = msPer(r, "gateway") + msPer(r, "services");
+  const cpu = {
+    gateway: msPer(r, "gateway"), services: msPer(r, "services"), ours_gateway_plus_services: ours, bare: msPer(r, "bare"),
+    postgres: pgPer(r), nats: msPer(r, "nats"), autocannon: msPer(r, "bench"),
+  };
+  const total = cpu.gateway + cpu.services + cpu.bare + cpu.postgres + cpu.nats + cpu.autocannon;
+  return {
+    requests_per_second: r.result.requests.average,
+    requests: r.result.requests.total,
+    non_2xx_or_errors: r.result.non2xx + r.result.errors,
+    latency_ms: { p50: r.result.latency.p50, p99: r.result.latency.p99 },
+    cpu_ms_per_request: { ...cpu, total },
+    other_programs_share_of_core: r.w.otherPrograms / r.w.seconds,
+    postgres_other_databases_ms_per_request: perRequest(r, r.w.postgres.other_backends),
+  };
+}
+
+function printSummary(results: [string, Run, Run][]) {
+  const figures = results.map(([name, gw, bare]) => ({ route: name, ours: costOf(gw), bare: costOf(bare), ratio: gw.result.requests.average / Math.max(1, bare.result.requests.average) }));
+  const rows: (string | number)[][] = [["", ...figures.flatMap((f) => [`${f.route}: ours`, "bare"])]];
+  const both = (label: string, get: (c: ReturnType<typeof costOf>) => string) => rows.push([label, ...figures.flatMap((f) => [get(f.ours), get(f.bare)])]);
+  both("requests/s", (c) => c.requests_per_second.toFixed(0));
+  rows.push(["throughput ratio (ours / bare)", ...figures.flatMap((f) => [`${(f.ratio * 100).toFixed(0)}%`, ""])]);
+  both("latency p50 / p99", (c) => `${c.latency_ms.p50} / ${c.latency_ms.p99} ms`);
+  rows.push(["CPU ms per request", ...figures.flatMap(() => ["", ""])]);
+  const ms = (x: number) => x.toFixed(2);
+  both("  gateway", (c) => ms(c.cpu_ms_per_request.gateway));
+  both("  services", (c) => ms(c.cpu_ms_per_request.services));
+  both("  ours (gateway + services)", (c) => ms(c.cpu_ms_per_request.ours_gateway_plus_services));
+  both("  bare server", (c) => ms(c.cpu_ms_per_request.bare));
+  both("  postgres (backends + server)", (c) => ms(c.cpu_ms_per_request.postgres));
+  both("  nats-server", (c) => ms(c.cpu_ms_per_request.nats));
+  both("  autocannon (bench)", (c) => ms(c.cpu_ms_per_request.autocannon));
+  both("  total", (c) => ms(c.cpu_ms_per_request.total));
+  both("other programs (share of a core)", (c) => `${(c.other_programs_share_of_core * 100).toFixed(0)}%`);
+  both("non-2xx / errors", (c) => String(c.non_2xx_or_errors));
+  console.log(`\nsummary (same run)\n${table(rows)}\n`);
+  for (const f of figures) {
+    const ours = f.ours.cpu_ms_per_request.ours_gateway_plus_services;
+    const met = f.ratio >= TARGET_RATIO && ours <= TARGET_OURS_MS;
+    console.log(`${f.route.padEnd(28)} ratio ${(f.ratio * 100).toFixed(0)}% (≥ ${TARGET_RATIO * 100}%), our CPU ${ours.toFixed(2)} ms/request (≤ ${TARGET_OURS_MS}; bare ${f.bare.cpu_ms_per_request.bare.toFixed(2)}) → ${met ? "meets target" : "BELOW target"}`);
+  }
+  writeJson({ bench: "api", at: new Date().toISOString(), config: { connections: CONNECTIONS, seconds: DURATION, tenants: TENANTS, deployments: TENANTS * PER_TENANT }, targets: { ratio: TARGET_RATIO, ours_cpu_ms_per_request: TARGET_OURS_MS }, routes: figures });
 }
 
 main().then(

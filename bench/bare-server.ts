@@ -8,8 +8,9 @@ import { encodeCursor } from "../lib/pagination";
  * The yardstick for bench:api: node:http + pg doing the same work as the gateway path, with no framework and no
  * transport in between. Same work means: the same bearer-token verification (lib/auth), the same tenant checks,
  * the same data read from PostgreSQL, and a byte-identical JSON body (bench/api.ts compares the two before timing):
- *   GET /api/v1/deployments/:id  the deployment, its events, its subscription with plan version, addons and plan
- *                                changes (the saga is null: provisioning is not part of the benchmark cluster)
+ *   GET /api/v1/deployments/:id  the deployment (with trial_ends_at and runtime), its events, its subscription with
+ *                                plan version, addons and plan changes, and its newest saga request not started yet
+ *                                (the engine's sagas are not asked: provisioning is not part of the benchmark cluster)
  *   GET /api/v1/deployments      a tenant's newest page (limit, keyset cursor)
  * It is written the way a careful hand-written server would be: few round trips, rows shaped in SQL.
  */
@@ -21,7 +22,11 @@ const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 /** ISO 8601 UTC with milliseconds, as Date#toISOString prints a timestamptz(3). */
 const ISO = (col: string) => `to_char(${col} at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')`;
 const DEPLOYMENT = `select id, tenant_id, slug, display_name, region, state, ${ISO("state_since")} as state_since, llm_mode, billing_action_suspended,
-  template_code, template_version, ${ISO("inserted_at")} as inserted_at, ${ISO("updated_at")} as updated_at from deployments`;
+  template_code, template_version, ${ISO("inserted_at")} as inserted_at, ${ISO("updated_at")} as updated_at, ${ISO("trial_ends_at")} as trial_ends_at,
+  json_build_object('status', runtime_status, 'droplet_id', runtime_droplet_id::float8, 'ipv4', runtime_ipv4, 'hostname', runtime_hostname) as runtime from deployments`;
+/** The newest saga request not started yet, shown as the deployment's saga (as deployments' pendingSaga does). */
+const PENDING_SAGA = `select id, kind, deployment_id, tenant_id, 'running' as status, '[]'::json as steps, ${ISO("created_at")} as started_at, null as finished_at, null as error
+  from deployment_saga_requests where deployment_id = $1 and started_at is null and next_attempt_at <> 'infinity' order by seq desc limit 1`;
 const EVENTS = `select id::float8 as id, deployment_id, from_state, to_state, reason, actor, notes, ${ISO("occurred_at")} as occurred_at
   from deployment_events where deployment_id = $1 order by id`;
 const SUBSCRIPTION = `select s.id, s.deployment_id, s.tenant_id, s.status, s.plan_code,
@@ -57,10 +62,10 @@ createServer(async (req, res) => {
       if (!UUID.test(id)) return send(res, 404, notFound(id));
       const d = (await pool.query(`${DEPLOYMENT} where id = $1`, [id])).rows[0];
       if (!d || !visibleTo(user, d.tenant_id)) return send(res, 404, notFound(id));
-      const [events, subs] = await Promise.all([pool.query(EVENTS, [id]), pool.query(SUBSCRIPTION, [id])]);
+      const [events, subs, pending] = await Promise.all([pool.query(EVENTS, [id]), pool.query(SUBSCRIPTION, [id]), pool.query(PENDING_SAGA, [id])]);
       const s = subs.rows[0];
       const subscription = s && (user.operator || s.tenant_id === user.tenant_id) ? s : null;
-      return send(res, 200, { deployment: d, subscription, events: events.rows, saga: null });
+      return send(res, 200, { deployment: d, subscription, events: events.rows, saga: pending.rows[0] ?? null });
     }
     const limit = Math.min(200, Math.max(1, Number(url.searchParams.get("limit") ?? 50) || 50));
     const scope = tenantScope(user);

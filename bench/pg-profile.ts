@@ -1,8 +1,9 @@
 /**
  * Preloaded into a node by `BENCH_PROFILE=1 npm run bench:saga` (node --require): counts the PostgreSQL statements a
  * node sends (by kind and table), their round-trip time, how long calls wait for a pooled connection and hold it,
- * and the event-loop delay. SIGUSR2 zeroes the counters (the bench sends it as the measured run starts); the totals
- * go to $PG_PROFILE_DIR/<NODE_ID>.json when the process exits. Patches the `pg` copies the project and MikroORM load.
+ * and the event-loop delay. SIGUSR2 cuts: the counters so far go to $PG_PROFILE_DIR/<NODE_ID>.<n>.json (n = 0, 1, …)
+ * and start again from zero (the bench cuts as each measured phase starts); the last part is written when the
+ * process exits. Patches the `pg` copies the project and MikroORM load.
  */
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
@@ -93,8 +94,8 @@ if (dir) {
     }
   }
   loop.enable();
-  process.on("SIGUSR2", reset);
-  process.on("exit", () => {
+  let part = 0;
+  const write = () => {
     const w = sorted(waits);
     const h = sorted(holds);
     const profile: PgProfile = {
@@ -110,6 +111,11 @@ if (dir) {
       holdMs: { total: sum(holds), p50: pct(h, 0.5), p99: pct(h, 0.99) },
       eventLoopDelayMs: { p50: loop.percentile(50) / 1e6, p99: loop.percentile(99) / 1e6, max: loop.max / 1e6 },
     };
-    writeFileSync(join(dir, `${node}.json`), JSON.stringify(profile));
+    writeFileSync(join(dir, `${node}.${part++}.json`), JSON.stringify(profile));
+  };
+  process.on("SIGUSR2", () => {
+    write();
+    reset();
   });
+  process.on("exit", write);
 }
