@@ -346,6 +346,12 @@ describe("watch", () => {
     expect((await api.post(`/deployments/${pid}/transition`, { to_state: "paused" })).status).toBe(200);
     const live = await waitFor(async () => resumed.messages.find((m) => m.event === "deployment.transitioned" && JSON.parse(m.data).event.to_state === "paused"), { what: "the live move" });
     expect(Number(live.id)).toBeGreaterThan(Number(after[after.length - 1][0]));
+    // The pause powers the droplet off through a power_off saga: its steps and the runtime changes stream too.
+    const stopped = await waitFor(async () => resumed.messages.find((m) => m.event === "deployment.runtime_changed" && JSON.parse(m.data).runtime.status === "stopped"), { timeoutMs: 30_000, what: "runtime stopped on the stream" });
+    expect(resumed.messages.some((m) => m.event === "saga.step.succeeded" && JSON.parse(m.data).kind === "power_off")).toBe(true);
+    const resumedIds = resumed.messages.slice(1).map((m) => Number(m.id));
+    expect(resumedIds).toEqual([...resumedIds].sort((a, b) => a - b));
+    expect(Number(stopped.id)).toBeGreaterThan(Number(live.id));
     watcher.close();
     resumed.close();
   }, 60_000);
