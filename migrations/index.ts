@@ -9,6 +9,7 @@ import { Migration20261202003000_lifecycle } from "./Migration20261202003000_lif
 import { Migration20261202005000_billing } from "./Migration20261202005000_billing";
 import { Migration20261202006000_catalog } from "./Migration20261202006000_catalog";
 import { Migration20261202007000_idempotency } from "./Migration20261202007000_idempotency";
+import { Migration20261202008000_webhooks } from "./Migration20261202008000_webhooks";
 
 /** Every migration, in order. Listed explicitly so compiled and test runs load the same set without globbing. */
 export const migrationsList = [
@@ -23,4 +24,5 @@ export const migrationsList = [
   { name: "Migration20261202005000_billing", class: Migration20261202005000_billing },
   { name: "Migration20261202006000_catalog", class: Migration20261202006000_catalog },
   { name: "Migration20261202007000_idempotency", class: Migration20261202007000_idempotency },
+  { name: "Migration20261202008000_webhooks", class: Migration20261202008000_webhooks },
 ];

@@ -4,6 +4,7 @@ import type { IncomingMessage, ServerResponse } from "node:http";
 import { authConfigFromEnv, createVerifier } from "../lib/auth";
 import type { Access, User } from "../lib/access";
 import { openApiDocument } from "./api/openapi";
+import { WATCH_ALIAS, WatchMixin } from "./api/watch";
 import { IdempotencyStore } from "./api/idempotency";
 import { WriteRateLimit, recordSuccess, refuseParamsOfSchemalessAction, withIdempotency } from "./api/app-guards";
 
@@ -14,6 +15,8 @@ export const API_ALIASES: Record<string, string> = {
   "GET /deployments": "v1.deployments.list",
   "POST /deployments": "v1.deployments.create",
   "GET /deployments/:id": "v1.deployments.get",
+  // A stream the gateway itself serves (services/api/watch.ts); the name is its operationId.
+  [WATCH_ALIAS]: "api.watch",
   "POST /deployments/:id/transition": "v1.deployments.transition",
   "PATCH /deployments/:id": "v1.deployments.update",
   "DELETE /deployments/:id": "v1.deployments.remove",
@@ -46,6 +49,11 @@ export const API_ALIASES: Record<string, string> = {
   "POST /billing/clock": "v1.billing.moveClock",
   "GET /drift": "v1.inventory.drift",
   "POST /drift/actions": "v1.inventory.driftAction",
+  "POST /webhooks": "v1.webhooks.create",
+  "GET /webhooks": "v1.webhooks.list",
+  "DELETE /webhooks/:id": "v1.webhooks.remove",
+  "GET /webhooks/:id/deliveries": "v1.webhooks.deliveries",
+  "GET /webhooks/deliveries": "v1.webhooks.allDeliveries",
 };
 export const PUBLIC_ALIASES: Record<string, string> = {
   "GET /health": "api.health",
@@ -57,7 +65,7 @@ type Req = IncomingMessage & { $ctx?: Context; headers: Record<string, string | 
 
 const ApiService: ServiceSchema<any> = {
   name: "api",
-  mixins: [ApiGateway],
+  mixins: [ApiGateway, WatchMixin],
   settings: {
     port: Number(process.env.PORT ?? 3000),
     // Request and response lines are logged by the route hooks with the request id (see lib/log-context.ts).
@@ -70,7 +78,7 @@ const ApiService: ServiceSchema<any> = {
         path: "/api/v1",
         authentication: true,
         mappingPolicy: "restrict",
-        aliases: { ...PUBLIC_ALIASES, ...API_ALIASES },
+        aliases: { ...PUBLIC_ALIASES, ...API_ALIASES, [WATCH_ALIAS](this: any, req: any, res: any, next: any) { this.watchAlias(req, res, next); } },
         bodyParsers: { json: { strict: true, limit: "256kb" }, urlencoded: false },
         callOptions: { timeout: 30_000 },
         onBeforeCall(this: any, ctx: Context<unknown, Record<string, unknown>>, _route: unknown, req: Req) {
@@ -169,7 +177,7 @@ const ApiService: ServiceSchema<any> = {
     },
     readyActions(this: any): string[] {
       const running = new Set<string>(this.broker.registry.getServiceList({ onlyAvailable: true }).map((s: { fullName: string }) => s.fullName));
-      return ["v1.deployments", "v1.subscriptions", "v1.inventory", "v1.dns", "v1.provisioning", "v1.billing"].filter((s) => running.has(s)).map((s) => `${s}.ready`);
+      return ["v1.deployments", "v1.subscriptions", "v1.inventory", "v1.dns", "v1.provisioning", "v1.billing", "v1.webhooks"].filter((s) => running.has(s)).map((s) => `${s}.ready`);
     },
     async authenticate(this: any, _ctx: Context, _route: unknown, req: Req, res: ServerResponse, alias: { action?: string }): Promise<User | null> {
       if (alias?.action && Object.values(PUBLIC_ALIASES).includes(alias.action)) return null;

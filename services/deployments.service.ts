@@ -12,6 +12,7 @@ import { canTransition } from "../lib/lifecycle";
 import { decodeCursor, encodeCursor } from "../lib/pagination";
 import { iso, isoSql, type Page } from "../lib/dto";
 import { logFields } from "../lib/log-context";
+import { DeploymentFeedMixin } from "./deployments/feed";
 import { LifecycleMixin, type MoveFacts } from "./deployments/lifecycle";
 import type { SagaRequestRow } from "./deployments/saga-requests";
 import { admitCreate, existingSlugId, slugTaken } from "./deployments/admission";
@@ -91,7 +92,7 @@ export function eventDto(e: DeploymentEvent) {
 const DeploymentsService: ServiceSchema<any> = {
   name: "deployments",
   version: 1,
-  mixins: [DbMixin([Deployment, DeploymentEvent]), LifecycleMixin, ResizeRequestMixin],
+  mixins: [DbMixin([Deployment, DeploymentEvent]), LifecycleMixin, ResizeRequestMixin, DeploymentFeedMixin],
   settings: {
     defaultRegion: process.env.DEFAULT_REGION ?? "nyc3",
     defaultTemplate: process.env.DEFAULT_TEMPLATE ?? "arcadia-app",

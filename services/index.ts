@@ -6,6 +6,7 @@ import InventoryService from "./inventory.service";
 import DnsService from "./dns.service";
 import ProvisioningService from "./provisioning.service";
 import BillingService from "./billing.service";
+import WebhooksService from "./webhooks.service";
 
 /** Every service a node can run; SERVICES=api,deployments picks some. */
 export const ALL_SERVICES: Record<string, ServiceSchema> = {
@@ -16,6 +17,7 @@ export const ALL_SERVICES: Record<string, ServiceSchema> = {
   dns: DnsService,
   provisioning: ProvisioningService,
   billing: BillingService,
+  webhooks: WebhooksService,
 };
 
 export function selectServices(list = process.env.SERVICES): ServiceSchema[] {

@@ -6,7 +6,7 @@ let broker: ServiceBroker;
 let base: string;
 beforeAll(async () => {
   // Every service, so the document reads each route's access from its action's declaration.
-  broker = await startNode(["api", "deployments", "subscriptions", "inventory", "dns", "provisioning", "billing"]);
+  broker = await startNode(["api", "deployments", "subscriptions", "inventory", "dns", "provisioning", "billing", "webhooks"]);
   base = apiUrl(broker);
 });
 afterAll(() => broker.stop());

@@ -32,6 +32,10 @@ interface RouteDoc {
   errors?: number[];
   /** For routes whose action is not in ALL_SERVICES (the gateway's own): the params it takes. */
   params?: Record<string, unknown>;
+  /** The success answer is a text/event-stream (the watch route), not JSON. */
+  stream?: boolean;
+  /** Request headers the route reads, as OpenAPI header parameters. */
+  headers?: Schema[];
 }
 
 const str = { type: "string" };
@@ -104,6 +108,16 @@ export const ROUTE_DOCS: Record<string, RouteDoc> = {
   "POST /billing/clock": { summary: "Move the test clock forward ({advance_days} or {now}; never backwards: 422), then run billing (404 unless BILLING_TEST_CLOCK=1)", responses: { 200: "BillingRun" }, errors: [404] },
   "GET /drift": { summary: "Provider vs inventory and DNS: orphans, ghosts, mismatches", responses: { 200: "DriftReport" } },
   "POST /drift/actions": { summary: "Act on a drift entry: adopt or destroy an orphan, mark a ghost destroyed, sync a mismatch", responses: { 201: "DriftActionResult" }, errors: [502] },
+  "GET /deployments/:id/watch": {
+    summary: "Server-Sent Events: event `deployment` (the GET /deployments/:id view) first, then one message per deployment event, runtime change and saga step move (`event:` its type, `id:` the deployment's increasing journal sequence), a comment line every 15 s",
+    responses: { 200: "WatchStream" }, stream: true, params: { id: "string" },
+    headers: [{ name: "Last-Event-ID", in: "header", required: false, description: "resume after this id: every message after it is sent, none missed", schema: { type: "string", pattern: "^[0-9]+$" } }],
+  },
+  "POST /webhooks": { summary: "Register a webhook endpoint for your tenant (operators: all_tenants or a tenant_id); its secret is in this answer only. URLs: http/https, no private, loopback or link-local addresses (422) unless WEBHOOK_ALLOW_PRIVATE=1", responses: { 201: "WebhookCreated" }, errors: [403] },
+  "GET /webhooks": { summary: "Webhook endpoints, newest first (keyset pagination); never their secrets", responses: { 200: "WebhookList" } },
+  "DELETE /webhooks/:id": { summary: "Remove a webhook endpoint; what it still had pending is cancelled", responses: { 200: "WebhookEnvelope" } },
+  "GET /webhooks/deliveries": { summary: "Operators: deliveries of every endpoint, newest first; status=failed lists the ones given up on", responses: { 200: "OperatorDeliveryList" } },
+  "GET /webhooks/:id/deliveries": { summary: "An endpoint's deliveries, newest first: status, attempts, last response code and error, next attempt, attempt history (status=failed: given up)", responses: { 200: "DeliveryList" } },
 };
 
 const ERROR_TEXT: Record<number, string> = {
@@ -184,7 +198,8 @@ export function openApiDocument(aliases: Record<string, string>, accessOf: (acti
     const responses: Record<string, unknown> = {};
     for (const [status, schema] of Object.entries(doc.responses ?? (doc.status && doc.response ? { [doc.status]: doc.response } : {}))) {
       const replayed = isWrite(method) && Number(status) < 300 ? { headers: { "Idempotent-Replayed": { schema: { const: "true" }, description: "present when this is the saved answer of an earlier request with the same Idempotency-Key" } } } : {};
-      responses[status] = { description: Number(status) < 300 ? "OK" : ERROR_TEXT[Number(status)] ?? "Error", ...replayed, content: { "application/json": { schema: typeof schema === "string" ? ref(schema) : schema } } };
+      const type = doc.stream && Number(status) < 300 ? "text/event-stream" : "application/json";
+      responses[status] = { description: Number(status) < 300 ? "OK" : ERROR_TEXT[Number(status)] ?? "Error", ...replayed, content: { [type]: { schema: typeof schema === "string" ? ref(schema) : schema } } };
     }
     for (const status of errorStatuses(method, path, doc, access)) {
       if (responses[status]) continue;
@@ -196,7 +211,7 @@ export function openApiDocument(aliases: Record<string, string>, accessOf: (acti
       operationId: action,
       "x-access": access,
       ...(access === "public" ? { security: [] } : {}),
-      parameters: [...pathParams, ...queryParams, ...(isWrite(method) ? [IDEMPOTENCY_HEADER] : [])],
+      parameters: [...pathParams, ...queryParams, ...(doc.headers ?? []), ...(isWrite(method) ? [IDEMPOTENCY_HEADER] : [])],
       ...(body ? { requestBody: { required: body.required.length > 0, content: { "application/json": { schema: body } } } } : {}),
       responses,
     };
@@ -264,7 +279,24 @@ const DRIFT_ENTRY = obj({
 });
 const COUNTS3 = obj({ orphans: int, ghosts: int, mismatches: int });
 
+const WEBHOOK_EVENTS = ["deployment.created", "deployment.transitioned", "deployment.runtime_changed", "saga.succeeded", "saga.failed", "saga.compensated", "saga.compensation_failed", "invoice.issued", "invoice.paid", "invoice.overdue"];
+const WEBHOOK_PROPS = { id: uuid, tenant_id: strOrNull, all_tenants: { type: "boolean" }, url: str, events: arr({ enum: WEBHOOK_EVENTS }), created_by: str, inserted_at: time };
+const DELIVERY = obj({
+  id: uuid, event_id: str, event_type: { enum: WEBHOOK_EVENTS }, status: { enum: ["pending", "delivering", "succeeded", "failed", "cancelled"] }, attempts: int,
+  response_code: { type: ["integer", "null"] }, error: strOrNull, next_attempt_at: timeOrNull, created_at: time, delivered_at: timeOrNull,
+  history: arr(obj({ attempt: int, at: time, response_code: { type: ["integer", "null"] }, error: strOrNull, duration_ms: int })),
+});
+
 const SCHEMAS: Record<string, Schema> = {
+  Webhook: obj(WEBHOOK_PROPS),
+  WebhookCreated: obj({ webhook: obj({ ...WEBHOOK_PROPS, secret: { ...str, description: "shown once: no other answer contains it" } }) }),
+  WebhookEnvelope: envelope("webhook", "Webhook"),
+  WebhookList: list("Webhook"),
+  Delivery: DELIVERY,
+  DeliveryList: list("Delivery"),
+  OperatorDelivery: { ...DELIVERY, properties: { ...(DELIVERY.properties as object), webhook_id: uuid, tenant_id: str }, required: [...(DELIVERY.required as string[]), "webhook_id", "tenant_id"] },
+  OperatorDeliveryList: list("OperatorDelivery"),
+  WatchStream: { type: "string", description: "text/event-stream: messages `event: <type>`, `id: <sequence>`, `data: <JSON>`, and `:` comment lines" },
   Error: obj({
     name: str, message: str, code: { type: "integer", minimum: 400, maximum: 599 }, type: strOrNull,
     data: {

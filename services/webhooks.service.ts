@@ -1,0 +1,453 @@
+import { randomUUID } from "node:crypto";
+import type { ServiceSchema } from "moleculer";
+import type { EntityManager } from "@mikro-orm/postgresql";
+import { DbMixin, emOf } from "../lib/db";
+import { currentUser, listTenant, systemUser, visibleTo, type ActionCtx } from "../lib/access";
+import { forbidden, invalid, notFound } from "../lib/errors";
+import { decodeCursor, encodeCursor } from "../lib/pagination";
+import type { Page } from "../lib/dto";
+import { WEBHOOK_EVENT_TYPES, fromDeploymentEvent, fromInvoiceEvent, fromRuntimeChanged, fromSagaEvent, fromStepEvent, type Mapped } from "./webhooks/events";
+import { claim, deliveryCols, deliveryDto, endpointCols, endpointDto, ingest, record, sweepRetention, type Claimed, type DeliveryDto, type WebhookDto } from "./webhooks/store";
+import { newSecret, retryDelayMs } from "./webhooks/sign";
+import { urlProblem } from "./webhooks/url";
+import { attempt } from "./webhooks/deliver";
+
+/*
+ * Outbound webhooks and the watch journal (SPEC §9). Design, guarantees and what each source event is:
+ * services/webhooks/README.md.
+ */
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+const num = (v: string | undefined, d: number) => (v === undefined || v === "" ? d : Number(v));
+const SAGA_FINAL = ["succeeded", "failed", "compensated", "compensation_failed"];
+
+export interface CreateWebhookParams {
+  url: string;
+  events?: string[];
+  all_tenants?: boolean;
+  tenant_id?: string;
+}
+export interface ListWebhooksParams {
+  limit?: number;
+  cursor?: string;
+  tenant_id?: string;
+}
+export interface DeliveriesParams {
+  id: string;
+  status?: string;
+  limit?: number;
+  cursor?: string;
+}
+/** Answers of the watch actions the gateway calls (services/api/watch.ts). */
+export interface WatchOpenResult {
+  view: unknown;
+  head: number;
+}
+export interface WatchEventsResult {
+  items: { seq: number; type: string; data: unknown }[];
+}
+export type { WebhookDto, DeliveryDto };
+
+function settingsFrom(env = process.env) {
+  return {
+    allowPrivate: env.WEBHOOK_ALLOW_PRIVATE === "1",
+    retryBaseMs: num(env.WEBHOOK_RETRY_BASE_MS, 30_000),
+    maxAttempts: num(env.WEBHOOK_MAX_ATTEMPTS, 12),
+    timeoutMs: num(env.WEBHOOK_TIMEOUT_MS, 10_000),
+    // A claim outlives the attempt's timeout; a node that died holding one loses it after this.
+    claimMs: num(env.WEBHOOK_CLAIM_MS, 30_000),
+    pollMs: num(env.WEBHOOK_POLL_MS, 1_000),
+    batch: num(env.WEBHOOK_BATCH, 20),
+    catchUpMs: num(env.WEBHOOK_CATCHUP_MS, 10_000),
+    catchUpMarginMs: num(env.WEBHOOK_CATCHUP_MARGIN_MS, 60_000),
+    // How long a deployment event's delivery waits for an earlier event of its deployment that was not heard yet.
+    orderWaitMs: num(env.WEBHOOK_ORDER_WAIT_MS, 60_000),
+    // Finished deliveries, their events and watch lines are kept this long (0: forever), swept this often.
+    retentionMs: num(env.WEBHOOK_RETENTION_DAYS, 30) * 86_400_000,
+    retentionSweepMs: num(env.WEBHOOK_RETENTION_SWEEP_MS, 3_600_000),
+  };
+}
+type Settings = ReturnType<typeof settingsFrom>;
+
+const WebhooksService: ServiceSchema<any> = {
+  name: "webhooks",
+  version: 1,
+  mixins: [DbMixin([])],
+  settings: {},
+
+  actions: {
+    create: {
+      access: "scoped",
+      params: {
+        url: { type: "string", min: 1, max: 2048 },
+        events: { type: "array", items: { type: "enum", values: WEBHOOK_EVENT_TYPES as unknown as string[] }, unique: true, optional: true },
+        all_tenants: { type: "boolean", optional: true },
+        tenant_id: { type: "string", min: 1, max: 200, optional: true },
+      },
+      async handler(this: any, ctx: ActionCtx<CreateWebhookParams>) {
+        const user = currentUser(ctx);
+        const p = ctx.params;
+        if (!user.operator && p.all_tenants) throw forbidden("'all_tenants' is for operators only (role platform-admin)");
+        if (!user.operator && p.tenant_id && p.tenant_id !== user.tenant_id) throw invalid("'tenant_id' must be your own tenant", [{ field: "tenant_id" }]);
+        if (p.all_tenants && p.tenant_id) throw invalid("'all_tenants' cannot be combined with 'tenant_id'", [{ field: "all_tenants" }]);
+        const tenantId = p.all_tenants ? null : (p.tenant_id ?? user.tenant_id);
+        if (!p.all_tenants && !tenantId) throw invalid("'tenant_id' (or 'all_tenants': true) is required for a token without a tenant", [{ field: "tenant_id", type: "required" }]);
+        const problem = await urlProblem(p.url, { allowPrivate: this.cfg.allowPrivate });
+        if (problem) throw invalid(problem, [{ field: "url", type: "url" }]);
+        const secret = newSecret();
+        const id = randomUUID();
+        const [row] = await emOf(ctx).execute(
+          `insert into webhook_endpoints (id, tenant_id, all_tenants, url, events, secret, created_by, inserted_at) values (?, ?, ?, ?, ?::jsonb, ?, ?, now()) returning ${endpointCols}`,
+          [id, tenantId, !!p.all_tenants, p.url, JSON.stringify(p.events ?? []), secret, user.sub],
+        );
+        ctx.meta.$statusCode = 201;
+        // The secret is in this answer only: no read returns it, and nothing logs it.
+        return { webhook: { ...endpointDto(row), secret } };
+      },
+    },
+
+    list: {
+      access: "scoped",
+      params: {
+        limit: { type: "number", integer: true, min: 1, max: 200, convert: true, optional: true },
+        cursor: { type: "string", max: 200, optional: true },
+        tenant_id: { type: "string", min: 1, max: 200, optional: true },
+      },
+      async handler(ctx: ActionCtx<ListWebhooksParams>): Promise<Page<WebhookDto>> {
+        const user = currentUser(ctx);
+        const p = ctx.params;
+        const limit = p.limit ?? 50;
+        const tenant = listTenant(user, p.tenant_id);
+        if (tenant === null) return { items: [], next_cursor: null };
+        const conds = ["deleted_at is null"];
+        const args: unknown[] = [];
+        if (tenant) conds.push("tenant_id = ?") && args.push(tenant);
+        if (p.cursor) {
+          const c = decodeCursor(p.cursor);
+          conds.push("(inserted_at, id) < (?, ?)") && args.push(c.insertedAt, c.id);
+        }
+        const rows = await emOf(ctx).execute(`select ${endpointCols} from webhook_endpoints where ${conds.join(" and ")} order by inserted_at desc, id desc limit ${limit + 1}`, args);
+        const page = rows.slice(0, limit).map(endpointDto);
+        const last = page[page.length - 1];
+        return { items: page, next_cursor: rows.length > limit && last ? encodeCursor(new Date(last.inserted_at), last.id) : null };
+      },
+    },
+
+    remove: {
+      access: "scoped",
+      params: { id: { type: "string" } },
+      async handler(this: any, ctx: ActionCtx<{ id: string }>) {
+        const em = emOf(ctx);
+        const found = await this.visibleEndpoint(em, ctx, ctx.params.id);
+        await em.transactional(async (tx) => {
+          await tx.execute(`update webhook_endpoints set deleted_at = now() where id = ? and deleted_at is null`, [found.id]);
+          // What was still to be sent to it is not sent any more.
+          await tx.execute(`update webhook_deliveries set status = 'cancelled', next_attempt_at = null, updated_at = now() where endpoint_id = ? and status in ('pending','delivering')`, [found.id]);
+        });
+        return { webhook: found };
+      },
+    },
+
+    deliveries: {
+      access: "scoped",
+      params: {
+        id: { type: "string" },
+        status: { type: "enum", values: ["pending", "delivering", "succeeded", "failed", "cancelled"], optional: true },
+        limit: { type: "number", integer: true, min: 1, max: 200, convert: true, optional: true },
+        cursor: { type: "string", max: 200, optional: true },
+      },
+      async handler(this: any, ctx: ActionCtx<DeliveriesParams>): Promise<Page<DeliveryDto>> {
+        const em = emOf(ctx);
+        const endpoint = await this.visibleEndpoint(em, ctx, ctx.params.id);
+        const p = ctx.params;
+        const limit = p.limit ?? 50;
+        const conds = ["d.endpoint_id = ?"];
+        const args: unknown[] = [endpoint.id];
+        if (p.status) conds.push("d.status = ?") && args.push(p.status);
+        if (p.cursor) {
+          const seq = Buffer.from(p.cursor, "base64url").toString("utf8");
+          if (!/^\d{1,18}$/.test(seq)) throw invalid("cursor is not a cursor this API returned", [{ field: "cursor" }]);
+          conds.push("d.seq < ?") && args.push(seq);
+        }
+        const rows = await em.execute(`select ${deliveryCols} from webhook_deliveries d join webhook_events e on e.id = d.event_id where ${conds.join(" and ")} order by d.seq desc limit ${limit + 1}`, args);
+        const page = rows.slice(0, limit);
+        const last = page[page.length - 1];
+        return { items: page.map(deliveryDto), next_cursor: rows.length > limit && last ? Buffer.from(String(last.seq)).toString("base64url") : null };
+      },
+    },
+
+    /** Operators: deliveries of every endpoint, newest first — `status=failed` lists the ones given up on. */
+    allDeliveries: {
+      access: "operator",
+      params: {
+        status: { type: "enum", values: ["pending", "delivering", "succeeded", "failed", "cancelled"], optional: true },
+        tenant_id: { type: "string", min: 1, max: 200, optional: true },
+        limit: { type: "number", integer: true, min: 1, max: 200, convert: true, optional: true },
+        cursor: { type: "string", max: 200, optional: true },
+      },
+      async handler(this: any, ctx: ActionCtx<{ status?: string; tenant_id?: string; limit?: number; cursor?: string }>): Promise<Page<DeliveryDto & { webhook_id: string; tenant_id: string }>> {
+        const p = ctx.params;
+        const limit = p.limit ?? 50;
+        const conds = ["true"];
+        const args: unknown[] = [];
+        if (p.status) conds.push("d.status = ?") && args.push(p.status);
+        if (p.tenant_id) conds.push("e.tenant_id = ?") && args.push(p.tenant_id);
+        if (p.cursor) {
+          const seq = Buffer.from(p.cursor, "base64url").toString("utf8");
+          if (!/^\d{1,18}$/.test(seq)) throw invalid("cursor is not a cursor this API returned", [{ field: "cursor" }]);
+          conds.push("d.seq < ?") && args.push(seq);
+        }
+        const rows = await emOf(ctx).execute(
+          `select ${deliveryCols}, d.endpoint_id, e.tenant_id from webhook_deliveries d join webhook_events e on e.id = d.event_id where ${conds.join(" and ")} order by d.seq desc limit ${limit + 1}`,
+          args,
+        );
+        const page = rows.slice(0, limit);
+        const last = page[page.length - 1];
+        return {
+          items: page.map((r: any) => ({ ...deliveryDto(r), webhook_id: r.endpoint_id, tenant_id: r.tenant_id })),
+          next_cursor: rows.length > limit && last ? Buffer.from(String(last.seq)).toString("base64url") : null,
+        };
+      },
+    },
+
+    /** For the gateway's watch route: the deployment's view (scoped like GET /deployments/:id) and its journal head. */
+    watchOpen: {
+      visibility: "public",
+      access: "scoped",
+      params: { id: { type: "string" } },
+      async handler(this: any, ctx: ActionCtx<{ id: string }>): Promise<WatchOpenResult> {
+        // Head first, then the view: the view is at least as new as the head, so nothing after the head is missed.
+        const [h] = await emOf(ctx).execute(`select seq from watch_heads where deployment_id = ?`, [UUID.test(ctx.params.id) ? ctx.params.id : "00000000-0000-0000-0000-000000000000"]);
+        const view = await ctx.call("v1.deployments.get", { id: ctx.params.id });
+        return { view, head: Number(h?.seq ?? 0) };
+      },
+    },
+
+    /** The deployment's watch lines after `after`, in order. */
+    watchEvents: {
+      visibility: "public",
+      access: "scoped",
+      params: { deployment_id: { type: "string" }, after: { type: "number", integer: true, min: 0, convert: true }, limit: { type: "number", integer: true, min: 1, max: 500, convert: true, optional: true } },
+      async handler(this: any, ctx: ActionCtx<{ deployment_id: string; after: number; limit?: number }>): Promise<WatchEventsResult> {
+        const user = currentUser(ctx);
+        const id = ctx.params.deployment_id;
+        if (!UUID.test(id)) throw notFound("Deployment", id);
+        const em = emOf(ctx);
+        const [head] = await em.execute(`select tenant_id from watch_heads where deployment_id = ?`, [id]);
+        if (!head) {
+          await ctx.call("v1.deployments.find", { id });
+          return { items: [] };
+        }
+        if (head.tenant_id ? !visibleTo(user, head.tenant_id) : !(await ctx.call("v1.deployments.find", { id }))) throw notFound("Deployment", id);
+        const rows = await em.execute(`select seq, type, data from watch_events where deployment_id = ? and seq > ? order by seq limit ?`, [id, ctx.params.after, ctx.params.limit ?? 200]);
+        return { items: rows.map((r: any) => ({ seq: Number(r.seq), type: r.type, data: r.data })) };
+      },
+    },
+  },
+
+  events: {
+    "deployments.created"(this: any, ctx: any) {
+      return this.take(fromDeploymentEvent(ctx.params), "deployments.created");
+    },
+    "deployments.transitioned"(this: any, ctx: any) {
+      return this.take(fromDeploymentEvent(ctx.params), "deployments.transitioned");
+    },
+    "deployments.runtime_changed"(this: any, ctx: any) {
+      return this.take(fromRuntimeChanged(ctx.params), "deployments.runtime_changed");
+    },
+    "provisioning.saga.*"(this: any, ctx: any) {
+      return this.take(fromSagaEvent(ctx.eventName.slice("provisioning.saga.".length), ctx.params), ctx.eventName);
+    },
+    "provisioning.step.*"(this: any, ctx: any) {
+      return this.take(fromStepEvent(ctx.eventName.slice("provisioning.step.".length), ctx.params), ctx.eventName);
+    },
+    "billing.invoice.issued"(this: any, ctx: any) {
+      return this.take(fromInvoiceEvent("issued", ctx.params), ctx.eventName);
+    },
+    "billing.invoice.paid"(this: any, ctx: any) {
+      return this.take(fromInvoiceEvent("paid", ctx.params), ctx.eventName);
+    },
+    "billing.invoice.overdue"(this: any, ctx: any) {
+      return this.take(fromInvoiceEvent("overdue", ctx.params), ctx.eventName);
+    },
+  },
+
+  methods: {
+    /**
+     * Takes events of one deployment in one at a time, in the order they arrived: a saga's step events come from
+     * one emitter in order, and concurrent ingests racing for the deployment's lock could otherwise journal them
+     * out of order. (Every webhooks node hears a broadcast in the same order, so the journal keeps it.)
+     */
+    take(this: any, m: Mapped, source: string): Promise<void> {
+      if (!m.envelope && !m.watch) return Promise.resolve();
+      const key = m.watch?.deployment_id ?? m.envelope?.deployment_id;
+      if (!key) return this.takeNow(m, source);
+      const next: Promise<void> = (this.chains.get(key) ?? Promise.resolve()).then(() => this.takeNow(m, source));
+      this.chains.set(key, next);
+      void next.then(() => {
+        if (this.chains.get(key) === next) this.chains.delete(key);
+      });
+      return next;
+    },
+
+    /** Takes one event in (one transaction), then wakes the watchers and this node's delivery loop. Never throws. */
+    async takeNow(this: any, m: Mapped, source: string): Promise<void> {
+      try {
+        const r = await ingest(this.orm.em.fork(), m);
+        if (r.watchSeq !== null) this.broker.broadcast("webhooks.watch.appended", { deployment_id: r.deploymentId, seq: r.watchSeq });
+        if (r.deliveries) this.kick();
+      } catch (err: any) {
+        // The catch-up (deployment events, finished sagas) takes it in later; see README.
+        this.logger.warn({ source, event_id: m.envelope?.id, deployment_id: m.watch?.deployment_id, err: err?.message }, "webhook event not taken in");
+      }
+    },
+
+    async visibleEndpoint(this: any, em: EntityManager, ctx: ActionCtx<unknown>, id: string): Promise<WebhookDto> {
+      const user = currentUser(ctx);
+      if (!UUID.test(id)) throw notFound("Webhook", id);
+      const [row] = await em.execute(`select ${endpointCols} from webhook_endpoints where id = ? and deleted_at is null`, [id]);
+      if (!row || !(user.operator || (row.tenant_id && row.tenant_id === user.tenant_id))) throw notFound("Webhook", id);
+      return endpointDto(row);
+    },
+
+    /** Background work the stop waits for, so nothing queries the database after the pool closed. */
+    track<T>(this: any, p: Promise<T>): Promise<T> {
+      this.background.add(p);
+      const done = () => this.background.delete(p);
+      p.then(done, done);
+      return p;
+    },
+
+    kick(this: any) {
+      setImmediate(() => void this.pump());
+    },
+
+    /** Claims and sends until nothing is due; one loop per node at a time. */
+    async pump(this: any): Promise<void> {
+      if (this.stoppedFlag) return;
+      if (this.pumping) {
+        this.pumpAgain = true;
+        return;
+      }
+      this.pumping = true;
+      try {
+        do {
+          this.pumpAgain = false;
+          const batch: Claimed[] = await claim(this.orm.em.fork(), this.cfg.batch, this.cfg.claimMs, this.cfg.orderWaitMs);
+          if (!batch.length) break;
+          await Promise.all(batch.map((d) => this.send(d)));
+          // A delivery that went out may have been holding back the next one of its deployment.
+          this.pumpAgain = true;
+        } while (this.pumpAgain && !this.stoppedFlag);
+      } catch (err: any) {
+        this.logger.warn({ err: err?.message }, "webhook delivery loop failed; retrying on the next tick");
+      } finally {
+        this.pumping = false;
+      }
+    },
+
+    async send(this: any, d: Claimed) {
+      const cfg: Settings = this.cfg;
+      this.inFlight.add(d.id);
+      try {
+        const outcome = await attempt(d.url, d.secret, d.body, d.event_id, { timeoutMs: cfg.timeoutMs, allowPrivate: cfg.allowPrivate });
+        const status = await record(this.orm.em.fork(), d, outcome, { maxAttempts: cfg.maxAttempts, delayMs: retryDelayMs(d.attempts, cfg.retryBaseMs) });
+        const level = outcome.ok ? "debug" : status === "failed" ? "warn" : "info";
+        if (this.metricsOn && status) this.broker.metrics.increment("arcadia.webhook.attempts", { outcome: status === "pending" ? "retry" : status });
+        this.logger[level]({ delivery_id: d.id, event_id: d.event_id, attempt: d.attempts, response_code: outcome.code, error: outcome.error ?? undefined, status }, "webhook delivery attempt");
+      } finally {
+        this.inFlight.delete(d.id);
+      }
+    },
+
+    /**
+     * What the live events may have missed (no webhooks node up, a database blip): deployment events from the
+     * deployments outbox since this feed's cursor, and sagas that finished recently. Known ids are skipped.
+     */
+    async catchUp(this: any): Promise<void> {
+      const em: EntityManager = this.orm.em.fork();
+      const meta = { user: systemUser("webhooks") };
+      const [cur] = await em.execute(`select position from webhook_feed_cursors where source = 'deployments'`);
+      if (!cur) {
+        // First start: history before the service existed is not replayed.
+        await em.execute(`insert into webhook_feed_cursors (source, position) values ('deployments', now()), ('sagas', now()) on conflict do nothing`);
+        return;
+      }
+      const since = new Date(new Date(cur.position).getTime() - this.cfg.catchUpMarginMs).toISOString();
+      let afterId = 0;
+      let newest: string | null = null;
+      for (let page = 0; page < 20; page++) {
+        const { items } = await this.broker.call("v1.deployments.eventsSince", { since, after_id: afterId, limit: 200 }, { meta });
+        if (!items.length) break;
+        await this.takeUnknown(items.map((it: any) => fromDeploymentEvent(it)), "catch-up deployments");
+        afterId = items[items.length - 1].event.id;
+        newest = items[items.length - 1].event.occurred_at;
+        if (items.length < 200) break;
+      }
+      if (newest) await em.execute(`update webhook_feed_cursors set position = greatest(position, ?) where source = 'deployments'`, [newest]);
+
+      const [sc] = await em.execute(`select position from webhook_feed_cursors where source = 'sagas'`);
+      const sagaSince = new Date((sc ? new Date(sc.position).getTime() : Date.now()) - this.cfg.catchUpMarginMs).getTime();
+      const started = new Date();
+      for (const status of SAGA_FINAL) {
+        let items: any[];
+        try {
+          ({ items } = await this.broker.call("v1.provisioning.list", { status, limit: 200 }, { meta }));
+        } catch {
+          continue; // no provisioning node now, or a status this engine does not list
+        }
+        const recent = items.filter((s) => s.finished_at && Date.parse(s.finished_at) >= sagaSince);
+        await this.takeUnknown(recent.map((s) => fromSagaEvent(status, s)), "catch-up sagas");
+      }
+      await em.execute(`insert into webhook_feed_cursors (source, position) values ('sagas', ?) on conflict (source) do update set position = greatest(webhook_feed_cursors.position, excluded.position)`, [started.toISOString()]);
+    },
+
+    async takeUnknown(this: any, mapped: Mapped[], source: string) {
+      const withIds = mapped.filter((m) => m.envelope);
+      if (!withIds.length) return;
+      const ids = withIds.map((m) => m.envelope!.id);
+      const known = new Set((await this.orm.em.fork().execute(`select id from webhook_events where id in (${ids.map(() => "?").join(",")})`, ids)).map((r: any) => r.id));
+      for (const m of withIds) if (!known.has(m.envelope!.id)) await this.take(m, source);
+    },
+  },
+
+  created() {
+    this.inFlight = new Set<string>();
+    this.background = new Set<Promise<unknown>>();
+    this.chains = new Map<string, Promise<void>>();
+    this.metricsOn = this.broker.isMetricsEnabled();
+    if (this.metricsOn) this.broker.metrics.register({ type: "counter", name: "arcadia.webhook.attempts", labelNames: ["outcome"], description: "Webhook delivery attempts by outcome: succeeded, retry (will be tried again), failed (given up)" });
+  },
+  async started(this: any) {
+    this.cfg = { ...settingsFrom(), ...this.settings };
+    this.stoppedFlag = false;
+    this.pollTimer = setInterval(() => void this.pump(), this.cfg.pollMs);
+    if (this.cfg.catchUpMs > 0) {
+      const tick = () =>
+        this.track(this.catchUp())
+          .catch((err: Error) => this.logger.warn({ err: err.message }, "webhook catch-up failed"))
+          .finally(() => {
+            if (!this.stoppedFlag) this.catchUpTimer = setTimeout(tick, this.cfg.catchUpMs);
+          });
+      this.catchUpTimer = setTimeout(tick, Math.min(1000, this.cfg.catchUpMs));
+    }
+    if (this.cfg.retentionMs > 0 && this.cfg.retentionSweepMs > 0) {
+      this.retentionTimer = setInterval(
+        () => void this.track(sweepRetention(this.orm.em.fork(), this.cfg.retentionMs)).catch((err: Error) => this.logger.warn({ err: err.message }, "webhook retention sweep failed")),
+        this.cfg.retentionSweepMs,
+      );
+    }
+    this.kick();
+  },
+  async stopped(this: any) {
+    this.stoppedFlag = true;
+    clearInterval(this.pollTimer);
+    clearInterval(this.retentionTimer);
+    clearTimeout(this.catchUpTimer);
+    // Attempts in flight finish (at most the timeout) so their outcome is recorded rather than left to the lease.
+    const deadline = Date.now() + this.cfg.timeoutMs + 1000;
+    while ((this.inFlight.size || this.pumping || this.background.size) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+  },
+};
+
+export default WebhooksService;
