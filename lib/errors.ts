@@ -35,7 +35,7 @@ export const serviceUnavailable = (message = "A service this request needs is un
 /** Node socket errors that mean "could not reach it". */
 const NET_CODES = new Set(["ECONNREFUSED", "ECONNRESET", "ETIMEDOUT", "EPIPE", "EHOSTUNREACH", "ENETUNREACH", "ENOTFOUND", "EAI_AGAIN", "ECONNABORTED"]);
 /** PostgreSQL SQLSTATEs that mean the server is going away, starting up, or out of connections. */
-const PG_UNAVAILABLE = /^(08...|57P0[1-4]|53300|53400)$/;
+const PG_UNAVAILABLE = /^(0800[0-7]|57P0[1-4]|53300|53400)$/; // not 08P01 (protocol violation: a bad value, e.g. NUL)
 /** pg / pg-pool / Kysely messages for a dead or unobtainable connection (they carry no code). */
 const DB_MESSAGES = [
   "Connection terminated",

@@ -94,6 +94,14 @@ const ApiService: ServiceSchema<any> = {
 
   created() {
     this.verify = createVerifier(this.settings.auth ?? authConfigFromEnv());
+    // Requests Node's HTTP parser refuses before we see them (control characters in a header, headers over
+    // 16 KB): answered in the API's error shape instead of a bare "400 Bad Request".
+    this.server?.on("clientError", (err: NodeJS.ErrnoException, socket: import("node:net").Socket) => {
+      if (!socket.writable) return socket.destroy();
+      const [code, message] = err.code === "HPE_HEADER_OVERFLOW" ? [431, "Request headers are too large"] : [400, "The request could not be parsed"];
+      const body = JSON.stringify({ name: "MoleculerClientError", message, code, type: code === 431 ? "HEADERS_TOO_LARGE" : "BAD_REQUEST", data: null });
+      socket.end(`HTTP/1.1 ${code} ${code === 431 ? "Request Header Fields Too Large" : "Bad Request"}\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`);
+    });
   },
 
   actions: {
