@@ -19,9 +19,27 @@ const obj = (props: Record<string, Schema>, required: string[] = []): Schema => 
 const list = (item: string) => obj({ items: { type: "array", items: ref(item) }, next_cursor: { type: ["string", "null"] } }, ["items", "next_cursor"]);
 const STATES = ["provisioning", "trial", "active", "paused", "past_due", "suspended", "cancelled", "archived"];
 
+/** SPEC §8 input limits (services/api/input-limits.ts): every route's URL, and the body of every write. */
+function inputLimitErrors(method: string): Record<string, unknown> {
+  const e = (description: string) => ({ description, content: { "application/json": { schema: ref("Error") } } });
+  const out: Record<string, unknown> = { "400": e("Malformed URL encoding (INVALID_URL); a body that does not decode (INVALID_CONTENT_ENCODING, INVALID_BODY)") };
+  if (method !== "GET") {
+    out["413"] = e("Body over 256 KB, before or after decoding (PAYLOAD_TOO_LARGE)");
+    out["415"] = e("Unknown Content-Encoding (UNSUPPORTED_CONTENT_ENCODING) or a body that is not application/json (UNSUPPORTED_MEDIA_TYPE)");
+  }
+  return out;
+}
+/** 503 with Retry-After: the database or a service the route needs is unreachable; /ready: not ready. */
+function unavailableError(key: string): Record<string, unknown> {
+  if (key === "GET /health" || key === "GET /openapi.json") return {};
+  const headers = { "Retry-After": { description: "Seconds to wait before retrying", schema: { type: "string" } } };
+  if (key === "GET /ready") return { "503": { description: "A routed service is not discovered or does not answer, or the transporter is down", headers, content: { "application/json": { schema: ref("Health") } } } };
+  return { "503": { description: "The database or a service this route needs is unreachable (SERVICE_UNAVAILABLE)", headers, content: { "application/json": { schema: ref("Error") } } } };
+}
+
 export const ROUTE_DOCS: Record<string, RouteDoc> = {
   "GET /health": { summary: "Liveness", access: "public", status: 200, response: "Health" },
-  "GET /ready": { summary: "Readiness: database (every database-backed service), transporter, provider", access: "public", status: 200, response: "Health" },
+  "GET /ready": { summary: "Readiness: every service the gateway routes to discovered and answering (its database; the provider for inventory), transporter connected", access: "public", status: 200, response: "Health" },
   "GET /openapi.json": { summary: "This document", access: "public", status: 200, response: "Any" },
   "GET /deployments": {
     summary: "List deployments, newest first (keyset pagination)", access: "scoped", status: 200, response: "DeploymentList",
@@ -85,6 +103,7 @@ export function openApiDocument(aliases: Record<string, string>) {
     if (doc.access !== "public") errors["401"] = { description: "Missing or bad token", content: { "application/json": { schema: ref("Error") } } };
     if (doc.access === "operator") errors["403"] = { description: "Operators only (platform-admin)", content: { "application/json": { schema: ref("Error") } } };
     if (path.includes(":")) errors["404"] = { description: "Absent or another tenant's", content: { "application/json": { schema: ref("Error") } } };
+    Object.assign(errors, inputLimitErrors(method), unavailableError(key));
     (paths[oaPath] ??= {})[method.toLowerCase()] = {
       summary: doc.summary,
       operationId: aliases[key],
