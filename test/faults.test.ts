@@ -19,7 +19,9 @@ import { token, uniq, waitFor } from "./helpers";
  */
 
 const DOMAIN = "faults.arcadia.test";
-const PER_ROUND = 12;
+const PER_ROUND = 16;
+/** Simulated droplets boot this slowly, so sagas are still in flight (waiting for active) when the fault hits. */
+const BOOT_MS = 2500;
 const OUTAGE_MS = 5000;
 const READY_WITHIN_MS = 30_000;
 const TERMINAL = ["succeeded", "failed", "compensated", "compensation_failed"];
@@ -166,7 +168,7 @@ function createsInFlight(round: string, n = PER_ROUND): Promise<void> {
           creates.push({ tenant, slug, status: r.status, deploymentId: r.body?.deployment?.id });
         }),
       );
-      await new Promise((r) => setTimeout(r, 150));
+      await new Promise((r) => setTimeout(r, 40));
     }
     await Promise.all(all);
   })();
@@ -229,10 +231,15 @@ async function expectSettledAndConsistent(round: string) {
 /** No answer to anyone was a 500, or a 404 (every route used exists); a 503 always says when to retry. */
 function expectHonestAnswers(round: string) {
   console.log(JSON.stringify(summary(round)));
-  if (round !== "warmup") expect(atFault[round]).toBeGreaterThan(0);
+  if (round !== "warmup") expect(atFault[round]).toBeGreaterThanOrEqual(PER_ROUND / 4);
   const mine = answers.filter((a) => a.round === round);
   expect({ round, wrong: mine.filter((a) => a.status >= 500 && a.status !== 503).concat(mine.filter((a) => a.status === 404)) }).toEqual({ round, wrong: [] });
   expect(mine.filter((a) => a.status === 503 && (a.type !== "SERVICE_UNAVAILABLE" || !a.retryAfter))).toEqual([]);
+}
+
+/** Waits until half a round's creates were accepted (their sagas running), so the fault hits work in flight. */
+async function inFlightReached(round: string) {
+  await waitFor(async () => creates.filter((c) => c.slug.startsWith(`${round}-`) && c.status === 202).length >= PER_ROUND / 2, { timeoutMs: 30_000, what: `${round}: creates accepted` });
 }
 
 /** Sagas still running just before a fault: the fault must hit work in flight, or the round proves nothing. */
@@ -258,7 +265,7 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
     await admin.query("create database arcadia");
     await admin.end();
     nats = await startNats();
-    sim = await startSimulator({ port: 0, activeAfterMs: 300, rateLimit: 1_000_000 });
+    sim = await startSimulator({ port: 0, activeAfterMs: BOOT_MS, rateLimit: 1_000_000 });
     gatewayPort = await sparePort();
     base = `http://127.0.0.1:${gatewayPort}/api/v1`;
     start("services");
@@ -287,7 +294,7 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
     test(`PostgreSQL crash ${n} of 3 (~5 s, same nodes): writes answer 503 with retry-after while it is down; all settles; ready within 30 s`, async () => {
       const round = `pg${n}`;
       const inFlight = createsInFlight(round);
-      await waitFor(async () => creates.some((c) => c.slug.startsWith(round) && c.status === 202), { timeoutMs: 20_000, what: `${round}: a create answered` });
+      await inFlightReached(round);
       await markFault(round);
       pg.crash();
       const t0 = Date.now();
@@ -314,7 +321,7 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
     const round = "nats";
     const pids = Object.fromEntries(Object.entries(nodes).map(([k, p]) => [k, p.child.pid]));
     const inFlight = createsInFlight(round);
-    await waitFor(async () => creates.some((c) => c.slug.startsWith(round) && c.status === 202), { timeoutMs: 20_000, what: `${round}: a create answered` });
+    await inFlightReached(round);
     await markFault(round);
     await nats.kill();
     await sleep(3000);
@@ -330,7 +337,7 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
   test("the services node killed (SIGKILL) and restarted mid-run", async () => {
     const round = "services";
     const inFlight = createsInFlight(round);
-    await waitFor(async () => creates.some((c) => c.slug.startsWith(round) && c.status === 202), { timeoutMs: 20_000, what: `${round}: a create answered` });
+    await inFlightReached(round);
     await markFault(round);
     await nodes.services.kill9();
     await sleep(1000);
@@ -345,7 +352,7 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
   test("the gateway killed (SIGKILL) and restarted mid-run", async () => {
     const round = "gateway";
     const inFlight = createsInFlight(round);
-    await waitFor(async () => creates.some((c) => c.slug.startsWith(round) && c.status === 202), { timeoutMs: 20_000, what: `${round}: a create answered` });
+    await inFlightReached(round);
     await markFault(round);
     await nodes.gateway.kill9();
     await sleep(500);
@@ -359,6 +366,8 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 });
 
 if (missing) {
-  // CI provides both (.ci/run checks); a developer machine without them sees why the suite did not run.
-  test.skip(`faults suite needs initdb/pg_ctl and nats-server: ${missing}`, () => undefined);
+  // CI provides both (.ci/run checks, and CI=1 makes their absence a failure here too); a developer machine
+  // without them sees why the suite did not run.
+  if (process.env.CI) test("faults suite prerequisites", () => expect(missing).toBeNull());
+  else test.skip(`faults suite needs initdb/pg_ctl and nats-server: ${missing}`, () => undefined);
 }
