@@ -70,6 +70,8 @@ const TRANSPORT_TYPES = new Set(["SERVICE_NOT_FOUND", "SERVICE_NOT_AVAILABLE", "
 /** What the gateway answers for an error: unavailability as 503 with retry-after, everything else unchanged. */
 export function toClientError(err: any): any {
   if (err?.code === 503 && err?.type === "SERVICE_UNAVAILABLE") return err;
+  // moleculer-web's own ServiceUnavailableError (no endpoint for an alias right now) carries no type.
+  if (err?.code === 503) return serviceUnavailable(undefined, RETRY_AFTER_S, { reason: err?.type ?? "NO_ENDPOINT" });
   if (TRANSPORT_TYPES.has(err?.type) && err?.type !== "QUEUE_FULL") {
     return serviceUnavailable(`A service this request needs is unavailable (${String(err.type).toLowerCase()}); retry shortly`, RETRY_AFTER_S, { reason: err.type });
   }
