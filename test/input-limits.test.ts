@@ -70,7 +70,7 @@ describe("unavailability is a 503 with retry-after, other failures are not", () 
     expect(isDatabaseUnavailable(err)).toBe(true);
     expect(toClientError(err)).toMatchObject({ code: 503, type: "SERVICE_UNAVAILABLE", data: { retry_after: 5, reason: "DATABASE_UNAVAILABLE" } });
   });
-  test.each([new Errors.ServiceNotFoundError({ action: "v1.deployments.create" }), new Errors.ServiceNotAvailableError({ action: "v1.deployments.create" }), new Errors.RequestTimeoutError({ action: "v1.x.y" }), new Errors.BrokerDisconnectedError(), new Errors.MoleculerError("Service unavailable", 503)])("transport: %s", (err) => {
+  test.each([new Errors.ServiceNotFoundError({ action: "v1.deployments.create" }), new Errors.ServiceNotAvailableError({ action: "v1.deployments.create" }), new Errors.RequestTimeoutError({ action: "v1.x.y" }), new (Errors.BrokerDisconnectedError as any)(), new Errors.MoleculerError("Service unavailable", 503)])("transport: %s", (err) => {
     expect(toClientError(err)).toMatchObject({ code: 503, type: "SERVICE_UNAVAILABLE", retryable: true });
   });
   test.each([
