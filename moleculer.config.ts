@@ -21,6 +21,7 @@ export function brokerConfig(env = process.env): BrokerOptions {
     heartbeatTimeout: 15,
     retryPolicy: { enabled: false },
     validator: new ClearValidator(),
+    // Access (lib/access.ts) is enforced through the validator, so it runs before parameter validation.
     // UnavailableMiddleware: a database that cannot be reached answers 503 SERVICE_UNAVAILABLE from any action (lib/errors.ts).
     middlewares: [LogContextMiddleware, UnavailableMiddleware],
     metrics: metricsPort

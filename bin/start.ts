@@ -6,7 +6,7 @@ import { selectServices } from "../services";
 import { startSimulator } from "../sim/simulator";
 import { replCommands, startRepl } from "../lib/repl-commands";
 
-const DB_SERVICES = ["deployments", "subscriptions", "inventory", "dns", "provisioning", "billing"];
+const DB_SERVICES = ["api", "deployments", "subscriptions", "inventory", "dns", "provisioning", "billing"];
 
 /**
  * One node: the services named in SERVICES (all by default). Without DATABASE_URL it runs on the embedded

@@ -29,6 +29,40 @@ export function currentUser(ctx: Context): User {
   return user;
 }
 
+/**
+ * Who may call an action, declared once on the action (`access: "operator"`) and enforced by AccessMiddleware;
+ * the OpenAPI builder reads the same declaration. Row-level checks (another tenant's id → 404) stay where the
+ * row is read.
+ * - public: anyone, no user needed (health, readiness, the OpenAPI document)
+ * - signed-in: any authenticated caller (the catalog)
+ * - scoped: any authenticated caller, limited to its own tenant's rows by the handler
+ * - operator: role platform-admin only (403 for everyone else)
+ * - internal: service-to-service (visibility "public", never on HTTP); the caller must be a system user or an
+ *   operator (403 otherwise)
+ */
+export const ACCESS_LEVELS = ["public", "signed-in", "scoped", "operator", "internal"] as const;
+export type Access = (typeof ACCESS_LEVELS)[number];
+
+/** Moleculer middleware: checks each local action's declared `access` before its handler runs. */
+export const AccessMiddleware = {
+  name: "Access",
+  localAction(next: (ctx: Context) => Promise<unknown>, action: { name?: string; access?: Access }) {
+    const access = action.access;
+    if (!access || access === "public") return next;
+    if (!ACCESS_LEVELS.includes(access)) throw new Error(`Action ${action.name} declares unknown access '${access}' (one of ${ACCESS_LEVELS.join(", ")})`);
+    const needsOperator = access === "operator" || access === "internal";
+    return function checkAccess(ctx: Context) {
+      try {
+        if (needsOperator) requireOperator(ctx);
+        else currentUser(ctx);
+      } catch (err) {
+        return Promise.reject(err);
+      }
+      return next(ctx);
+    };
+  },
+};
+
 export function requireOperator(ctx: Context): User {
   const user = currentUser(ctx);
   if (!user.operator) throw forbidden();
@@ -57,4 +91,11 @@ export function listTenant(user: User, requested?: string): string | undefined |
 
 export function visibleTo(user: User, tenantId: string): boolean {
   return user.operator || user.tenant_id === tenantId;
+}
+
+// Lets services declare `access` on an action with the type checked (moleculer's ActionSchema has no such field).
+declare module "moleculer" {
+  interface ActionSchema {
+    access?: Access;
+  }
 }

@@ -117,6 +117,7 @@ export function DbMixin(entities: any[]): Partial<ServiceSchema> {
     actions: {
       /** For the gateway's /ready: this service's own connection answers. */
       ready: {
+        access: "public",
         visibility: "public",
         async handler(this: any) {
           return { database: await this.dbReady() };

@@ -1,6 +1,6 @@
 /**
- * DigitalOcean API v2 client for the paths the control plane uses (droplets, domain records,
- * sizes, balance, account). Reads are retried on 5xx and network errors; a droplet or record
+ * DigitalOcean API v2 client for the paths the control plane uses (droplets, droplet actions,
+ * actions, domain records, sizes, regions, balance, account). Reads are retried on 5xx and network errors; a droplet or record
  * create is never resent after a 5xx or a lost response, since DO has no idempotency key and
  * the first attempt may have been carried out: the caller settles by looking the droplet up by
  * its saga tag. A 429 means the request was not processed, so any request may wait it out.
@@ -71,6 +71,37 @@ export interface CreateDropletInput {
 
 export interface ActionLink { id: number; rel: string; href: string }
 export interface CreateDropletResult { droplet: Droplet; links: { actions: ActionLink[] } }
+
+export interface Region {
+  slug: string;
+  name: string;
+  /** false: DO lists the region but takes no new droplets there. */
+  available: boolean;
+  /** Size slugs a droplet can be created with (or resized to) in this region. */
+  sizes: string[];
+  features: string[];
+}
+
+export const DROPLET_ACTION_TYPES = ["power_on", "power_off", "shutdown", "resize"] as const;
+export type DropletActionType = (typeof DROPLET_ACTION_TYPES)[number];
+/** What POST /v2/droplets/:id/actions takes for the types we use; `size`/`disk` only with resize. */
+export type DropletActionInput =
+  | { type: "power_on" | "power_off" | "shutdown" }
+  | { type: "resize"; size: string; /** also grow the disk (permanent: a disk never shrinks) */ disk?: boolean };
+
+export type ActionStatus = "in-progress" | "completed" | "errored";
+/** DO's action object: the answer to a droplet action, and what GET /v2/actions/:id reports until it is done. */
+export interface Action {
+  id: number;
+  status: ActionStatus;
+  type: string;
+  started_at: string;
+  completed_at: string | null;
+  resource_id: number;
+  resource_type: string;
+  region?: Region | null;
+  region_slug: string | null;
+}
 
 export interface DomainRecord {
   id: number;
@@ -215,6 +246,24 @@ export class DigitalOceanClient {
     await this.request("DELETE", "/v2/droplets", { query: { tag_name: tag }, idempotent: true });
   }
 
+  /**
+   * Starts an action on a droplet (DO answers 201 with it `in-progress`); poll getAction until it is `completed`
+   * or `errored`. Never resent after a 5xx or a lost response: a power or resize action that may have been
+   * accepted is settled by reading the droplet (its status or size), not by asking twice.
+   */
+  async dropletAction(id: number, input: DropletActionInput): Promise<Action> {
+    return (await this.request<{ action: Action }>("POST", `/v2/droplets/${id}/actions`, { body: input, idempotent: false })).action;
+  }
+
+  /** The droplet's actions, newest first (DO's order): how a caller finds the action a lost response started. */
+  listDropletActions(id: number, opts: { perPage?: number } = {}): Promise<Action[]> {
+    return this.paginate<Action>(`/v2/droplets/${id}/actions`, "actions", {}, opts.perPage);
+  }
+
+  async getAction(id: number): Promise<Action> {
+    return (await this.request<{ action: Action }>("GET", `/v2/actions/${id}`, { idempotent: true })).action;
+  }
+
   // --- domain records
 
   /** `name` is the fully qualified name (DO's filter), e.g. "app.acme.example.com". */
@@ -246,6 +295,10 @@ export class DigitalOceanClient {
 
   listSizes(): Promise<Size[]> {
     return this.paginate<Size>("/v2/sizes", "sizes", {}, 200);
+  }
+
+  listRegions(): Promise<Region[]> {
+    return this.paginate<Region>("/v2/regions", "regions", {}, 200);
   }
 
   getBalance(): Promise<Balance> {

@@ -45,35 +45,63 @@ export async function provider<T>(fn: () => Promise<T>): Promise<T> {
   }
 }
 
+/** How long the provider's catalog (sizes, regions) is reused: INVENTORY_CATALOG_TTL_MS, default 5 minutes. */
+export function catalogTtlMs(env: NodeJS.ProcessEnv = process.env): number {
+  const v = Number(env.INVENTORY_CATALOG_TTL_MS);
+  return env.INVENTORY_CATALOG_TTL_MS !== undefined && env.INVENTORY_CATALOG_TTL_MS !== "" && Number.isFinite(v) && v >= 0 ? v : 5 * 60_000;
+}
+
+/**
+ * One value fetched at most once per `ttlMs`; concurrent callers share one fetch, and a failed fetch is not
+ * cached (the next call tries again). `now` is injectable so expiry can be tested without waiting.
+ */
+export class TtlCache<T> {
+  private cached?: { at: number; value: T };
+  private inflight?: Promise<T>;
+
+  constructor(private readonly load: () => Promise<T>, private readonly ttlMs: number, private readonly now: () => number = Date.now) {}
+
+  async get(): Promise<T> {
+    if (this.cached && this.now() - this.cached.at < this.ttlMs) return this.cached.value;
+    this.inflight ??= this.load()
+      .then((value) => {
+        this.cached = { at: this.now(), value };
+        return value;
+      })
+      .finally(() => {
+        this.inflight = undefined;
+      });
+    return this.inflight;
+  }
+
+  /** Forget the cached value (the next get fetches). */
+  clear(): void {
+    this.cached = undefined;
+  }
+}
+
 /** The provider's size list, fetched at most once per `ttlMs` (sizes and prices change rarely). */
 export class SizeCache {
-  private cached?: { at: number; bySlug: Map<string, Size> };
-  private inflight?: Promise<Map<string, Size>>;
+  private readonly cache: TtlCache<{ list: Size[]; bySlug: Map<string, Size> }>;
 
-  constructor(private readonly client: DigitalOceanClient, private readonly ttlMs = 5 * 60_000) {}
+  constructor(client: DigitalOceanClient, ttlMs = 5 * 60_000, now: () => number = Date.now) {
+    this.cache = new TtlCache(async () => {
+      const list = await client.listSizes();
+      return { list, bySlug: new Map(list.map((s) => [s.slug, s])) };
+    }, ttlMs, now);
+  }
+
+  async list(): Promise<Size[]> {
+    return (await this.cache.get()).list;
+  }
 
   async get(slug: string): Promise<Size | undefined> {
-    return (await this.all()).get(slug);
+    return (await this.cache.get()).bySlug.get(slug);
   }
 
   /** Monthly price of a size in cents, or undefined for a size the provider does not list. */
   async monthlyCents(slug: string): Promise<number | undefined> {
     const size = await this.get(slug);
     return size ? monthlyCostCents(size) : undefined;
-  }
-
-  private async all(): Promise<Map<string, Size>> {
-    if (this.cached && Date.now() - this.cached.at < this.ttlMs) return this.cached.bySlug;
-    this.inflight ??= this.client
-      .listSizes()
-      .then((sizes) => {
-        const bySlug = new Map(sizes.map((s) => [s.slug, s]));
-        this.cached = { at: Date.now(), bySlug };
-        return bySlug;
-      })
-      .finally(() => {
-        this.inflight = undefined;
-      });
-    return this.inflight;
   }
 }

@@ -4,6 +4,7 @@ import { Migration20261121030000_provisioning } from "./Migration20261121030000_
 import { Migration20261121020000_perf } from "./Migration20261121020000_perf";
 import { Migration20261121040000_drift } from "./Migration20261121040000_drift";
 import { Migration20261122000000_event_publishing } from "./Migration20261122000000_event_publishing";
+import { Migration20261202007000_idempotency } from "./Migration20261202007000_idempotency";
 
 /** Every migration, in order. Listed explicitly so compiled and test runs load the same set without globbing. */
 export const migrationsList = [
@@ -13,4 +14,5 @@ export const migrationsList = [
   { name: "Migration20261121030000_provisioning", class: Migration20261121030000_provisioning },
   { name: "Migration20261121040000_drift", class: Migration20261121040000_drift },
   { name: "Migration20261122000000_event_publishing", class: Migration20261122000000_event_publishing },
+  { name: "Migration20261202007000_idempotency", class: Migration20261202007000_idempotency },
 ];

@@ -2,11 +2,13 @@ import type { Context, ServiceSchema } from "moleculer";
 import ApiGateway from "moleculer-web";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { authConfigFromEnv, createVerifier } from "../lib/auth";
-import type { User } from "../lib/access";
+import type { Access, User } from "../lib/access";
 import { openApiDocument } from "./api/openapi";
 import { inputLimits } from "./api/input-limits";
 import { readiness, routedServices } from "./api/ready";
 import { toClientError, unauthorized, RETRY_AFTER_S } from "../lib/errors";
+import { IdempotencyStore } from "./api/idempotency";
+import { WriteRateLimit, recordSuccess, refuseParamsOfSchemalessAction, withIdempotency } from "./api/app-guards";
 
 const { UnAuthorizedError, ERR_NO_TOKEN } = ApiGateway.Errors;
 
@@ -69,7 +71,7 @@ const ApiService: ServiceSchema<any> = {
         },
         onAfterCall(this: any, ctx: Context<unknown, Record<string, unknown>>, _route: unknown, req: Req, res: ServerResponse, data: unknown) {
           this.logger.info({ request_id: ctx.requestID, method: req.method, url: req.url, status: (ctx.meta.$statusCode as number) ?? res.statusCode, ms: Date.now() - ((req as any).$startedAt ?? Date.now()) }, "response");
-          return data;
+          return recordSuccess(this.idempotency, req, (ctx.meta.$statusCode as number) ?? res.statusCode ?? 200, data).then(() => data);
         },
       },
     ],
@@ -102,20 +104,44 @@ const ApiService: ServiceSchema<any> = {
       const body = JSON.stringify({ name: "MoleculerClientError", message, code, type: code === 431 ? "HEADERS_TOO_LARGE" : "BAD_REQUEST", data: null });
       socket.end(`HTTP/1.1 ${code} ${code === 431 ? "Request Header Fields Too Large" : "Bad Request"}\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`);
     });
+    // SPEC §9 (services/api/app-guards.ts): write rate limit per tenant token, idempotency keys in PostgreSQL.
+    this.writeLimit = new WriteRateLimit(Number(this.settings.rateLimitWritesPerMin ?? process.env.RATE_LIMIT_WRITES_PER_MIN ?? 600));
+    this.idempotency = new IdempotencyStore({
+      url: this.settings.idempotencyDatabaseUrl ?? process.env.DATABASE_URL,
+      ttlMs: Number(process.env.IDEMPOTENCY_TTL_MS ?? 24 * 3600_000),
+      lockTimeoutMs: Number(process.env.IDEMPOTENCY_LOCK_TIMEOUT_MS ?? 120_000),
+      poolMax: Number(process.env.IDEMPOTENCY_POOL_MAX ?? 5),
+    });
+  },
+  started() {
+    this.idempotency.startSweep(Number(process.env.IDEMPOTENCY_SWEEP_MS ?? 3600_000), (err: Error) => this.logger.warn({ err: err.message }, "idempotency sweep failed"));
+  },
+  async stopped() {
+    await this.idempotency.close();
   },
 
   actions: {
+    // moleculer-web's own management actions: never routed over HTTP here (no aliases), operators only otherwise.
+    listAliases: { access: "internal" },
+    addRoute: { access: "internal" },
+    removeRoute: { access: "internal" },
     openapi: {
-      handler() {
-        return openApiDocument({ ...PUBLIC_ALIASES, ...API_ALIASES });
+      access: "public",
+      handler(this: any) {
+        const declared = new Map<string, Access | undefined>(
+          this.broker.registry.getActionList({ withEndpoints: false }).map((a: { name: string; action?: { access?: Access } }) => [a.name, a.action?.access]),
+        );
+        return openApiDocument({ ...PUBLIC_ALIASES, ...API_ALIASES }, (name) => declared.get(name));
       },
     },
     health: {
+      access: "public",
       handler(this: any) {
         return { status: "ok", node: this.broker.nodeID, uptime_s: Math.round(process.uptime()) };
       },
     },
     ready: {
+      access: "public",
       async handler(this: any, ctx: Context<unknown, { $statusCode?: number }>) {
         const { ok, checks } = await readiness(this.broker, ctx, routedServices(API_ALIASES));
         if (!ok) {
@@ -128,7 +154,12 @@ const ApiService: ServiceSchema<any> = {
   },
 
   methods: {
-    async authenticate(this: any, _ctx: Context, _route: unknown, req: Req, _res: unknown, alias: { action?: string }): Promise<User | null> {
+    /** moleculer-web's callAction behind the strict-parameter check and the request's Idempotency-Key. */
+    callAction(this: any, route: unknown, actionName: string, req: Req, res: ServerResponse, params: unknown, isStream: boolean) {
+      refuseParamsOfSchemalessAction(req as any);
+      return withIdempotency(this.idempotency, req as any, res, () => (ApiGateway as any).methods.callAction.call(this, route, actionName, req, res, params, isStream));
+    },
+    async authenticate(this: any, _ctx: Context, _route: unknown, req: Req, res: ServerResponse, alias: { action?: string }): Promise<User | null> {
       if (alias?.action && Object.values(PUBLIC_ALIASES).includes(alias.action)) return null;
       const header = req.headers.authorization;
       if (!header) throw new UnAuthorizedError(ERR_NO_TOKEN, null as any);
@@ -136,12 +167,15 @@ const ApiService: ServiceSchema<any> = {
       if (typeof header !== "string" || header.length > 8192 || !/^[\x21-\x7e ]+$/.test(header)) throw unauthorized("Malformed Authorization header");
       const m = /^bearer +([A-Za-z0-9_\-.=+/]+)$/i.exec(header.trim());
       if (!m) throw new UnAuthorizedError(ERR_NO_TOKEN, null as any);
+      let user: User;
       try {
-        return await this.verify(m[1]);
+        user = await this.verify(m[1]);
       } catch (err) {
         if ((err as any)?.code === 401) throw err;
         throw unauthorized("Invalid token");
       }
+      await this.writeLimit.check(req, res, user, m[1]);
+      return user;
     },
   },
 };

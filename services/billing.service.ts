@@ -104,8 +104,8 @@ const BillingService: ServiceSchema<any> = {
 
   actions: {
     balance: {
+      access: "operator",
       async handler(this: any, ctx: ActionCtx<unknown>) {
-        requireOperator(ctx);
         const [raw, subs] = await Promise.all([
           provider(() => this.doClient.getBalance() as Promise<Balance>),
           this.activeSubscriptions(ctx, undefined) as Promise<RevenueSubscription[]>,
@@ -138,6 +138,7 @@ const BillingService: ServiceSchema<any> = {
     },
 
     margin: {
+      access: "operator",
       params: {
         tenant_id: { type: "string", min: 1, max: 200, optional: true },
         state: { type: "enum", values: DEPLOYMENT_STATES, optional: true },
@@ -145,7 +146,6 @@ const BillingService: ServiceSchema<any> = {
         order: { type: "enum", values: ["asc", "desc"], optional: true },
       },
       async handler(this: any, ctx: ActionCtx<MarginParams>) {
-        requireOperator(ctx);
         const p = ctx.params;
         const [deployments, resources, subs] = (await Promise.all([
           this.drain(ctx, "v1.deployments.list", { tenant_id: p.tenant_id, state: p.state, limit: PAGE }),
@@ -224,6 +224,7 @@ const BillingService: ServiceSchema<any> = {
     },
 
     ready: {
+      access: "public",
       visibility: "public",
       handler() {
         // Billing owns no tables (it reads through the other services), so it has no database of its own to fail.

@@ -1,5 +1,5 @@
 import { randomUUID } from "node:crypto";
-import { LockMode } from "@mikro-orm/core";
+import { LockMode, UniqueConstraintViolationException } from "@mikro-orm/core";
 import type { ServiceSchema } from "moleculer";
 import type { EntityManager } from "@mikro-orm/postgresql";
 import { Errors } from "moleculer";
@@ -12,6 +12,7 @@ import { canTransition } from "../lib/lifecycle";
 import { decodeCursor, encodeCursor } from "../lib/pagination";
 import { iso, isoSql, type Page } from "../lib/dto";
 import { logFields } from "../lib/log-context";
+import { admitCreate, existingSlugId, slugTaken } from "./deployments/admission";
 
 const SLUG = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$";
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
@@ -90,6 +91,7 @@ const DeploymentsService: ServiceSchema<any> = {
 
   actions: {
     create: {
+      access: "scoped",
       params: {
         slug: { type: "string", pattern: SLUG, messages: { stringPattern: "'slug' must be a lowercase DNS label (a-z, 0-9, '-', at most 63 characters, no leading or trailing '-')" } },
         display_name: { type: "string", min: 1, max: 200, optional: true },
@@ -116,6 +118,7 @@ const DeploymentsService: ServiceSchema<any> = {
         let event!: DeploymentEvent;
         try {
           await emOf(ctx).transactional(async (em) => {
+            await admitCreate(em as EntityManager, tenantId, p.slug);
             deployment = em.create(Deployment, {
               id: randomUUID(),
               tenant_id: tenantId,
@@ -136,7 +139,8 @@ const DeploymentsService: ServiceSchema<any> = {
             } as any);
           });
         } catch (err) {
-          mapDbError(err, () => conflict(`Slug '${p.slug}' is already used by this tenant`, "SLUG_TAKEN", { slug: p.slug }));
+          const takenBy = err instanceof UniqueConstraintViolationException ? await existingSlugId(emOf(ctx), tenantId, p.slug).catch(() => null) : null;
+          mapDbError(err, () => slugTaken(p.slug, takenBy));
         }
         const dto = deploymentDto(deployment);
         await this.publish(ctx, "deployments.created", { deployment: dto, event: eventDto(event) });
@@ -159,6 +163,7 @@ const DeploymentsService: ServiceSchema<any> = {
     },
 
     list: {
+      access: "scoped",
       params: {
         state: { type: "enum", values: DEPLOYMENT_STATES, optional: true },
         limit: { type: "number", integer: true, min: 1, max: 200, convert: true, optional: true },
@@ -188,6 +193,7 @@ const DeploymentsService: ServiceSchema<any> = {
     },
 
     get: {
+      access: "scoped",
       params: { id: { type: "string" } },
       async handler(this: any, ctx: ActionCtx<IdParams>) {
         const id = ctx.params.id;
@@ -203,6 +209,7 @@ const DeploymentsService: ServiceSchema<any> = {
 
     /** For other services: the deployment if the caller may see it, else 404. */
     find: {
+      access: "scoped",
       visibility: "public",
       params: { id: { type: "string" } },
       async handler(this: any, ctx: ActionCtx<IdParams>) {
@@ -211,6 +218,7 @@ const DeploymentsService: ServiceSchema<any> = {
     },
 
     transition: {
+      access: "scoped",
       params: {
         id: { type: "string" },
         to_state: { type: "enum", values: DEPLOYMENT_STATES },
@@ -224,6 +232,7 @@ const DeploymentsService: ServiceSchema<any> = {
 
     /** Saga step mark_deployment_provisioning: the deployment exists, is visible and is still provisioning. */
     markProvisioning: {
+      access: "internal",
       visibility: "public",
       params: { id: { type: "string" } },
       async handler(this: any, ctx: ActionCtx<IdParams>) {
@@ -235,6 +244,7 @@ const DeploymentsService: ServiceSchema<any> = {
 
     /** Saga step activate_deployment: the one move out of provisioning besides the rollback. Idempotent. */
     activateProvisioned: {
+      access: "internal",
       visibility: "public",
       params: { id: { type: "string" }, actor: { type: "string", optional: true } },
       async handler(this: any, ctx: ActionCtx<IdParams & { actor?: string }>) {

@@ -116,6 +116,7 @@ const DnsService: ServiceSchema<any> = {
      * replaced, so revert undoes the last change.
      */
     point: {
+      access: "scoped",
       visibility: "public",
       params: {
         deployment_id: UUID_PARAM,
@@ -137,6 +138,7 @@ const DnsService: ServiceSchema<any> = {
      * A second revert, a deployment never pointed, or a record already gone at the provider: nothing to do.
      */
     revert: {
+      access: "scoped",
       visibility: "public",
       params: { deployment_id: UUID_PARAM },
       async handler(this: any, ctx: ActionCtx<DeploymentRefParams>) {
@@ -149,6 +151,7 @@ const DnsService: ServiceSchema<any> = {
     },
 
     get: {
+      access: "scoped",
       visibility: "public",
       params: { deployment_id: UUID_PARAM },
       async handler(ctx: ActionCtx<DeploymentRefParams>) {
@@ -164,9 +167,9 @@ const DnsService: ServiceSchema<any> = {
      * service's drift check compares them with the provider (docs/drift.md). Operators and the system user only.
      */
     listAll: {
+      access: "internal",
       visibility: "public",
       async handler(this: any, ctx: ActionCtx<Record<string, never>>) {
-        requireOperator(ctx);
         const rows = await emOf(ctx).find(DnsRecord, {}, { orderBy: { inserted_at: "asc", id: "asc" } });
         return { domain: this.domain, items: rows.map(dnsRecordDto) };
       },

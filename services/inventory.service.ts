@@ -9,15 +9,18 @@ import { currentUser, listTenant, requireOperator, systemUser, visibleTo, type A
 import { conflict, invalid, mapDbError, notFound } from "../lib/errors";
 import { decodeCursor, encodeCursor } from "../lib/pagination";
 import type { Page } from "../lib/dto";
-import { doClientFrom, provider, SizeCache } from "../lib/provider";
-import type { CreateDropletInput, CreateDropletResult, Droplet } from "../lib/digitalocean";
+import { catalogTtlMs, doClientFrom, provider, SizeCache, TtlCache } from "../lib/provider";
+import type { CreateDropletInput, CreateDropletResult, Droplet, Region } from "../lib/digitalocean";
 import { compensationHandler } from "../lib/compensation";
 import { dropletDto, resourceDto, UUID, UUID_PARAM, type ResourceDto } from "./inventory/common";
 import { DriftMixin } from "./inventory/drift";
+import { ProviderActionsMixin } from "./inventory/provider-actions";
 
 // Shared DTOs (services/inventory/common.ts) and the drift feature's exports (services/inventory/drift.ts), re-exported from here.
 export { dropletDto, resourceDto, type ResourceDto } from "./inventory/common";
 export { driftActionDto, dropletDifferences, sagaIdOf } from "./inventory/drift";
+export { actionDto, regionDto, sizeDto } from "./inventory/provider-actions";
+export type { ActionDto, DestroyByTagResult, DropletActionParams, RegionDto, SizeDto, UpdateResourceParams } from "./inventory/provider-actions";
 export type { DriftActionDto, DriftActionParams, DriftDifference, DriftEntry, DriftKind, DriftReport } from "./inventory/drift";
 
 const IPV4 = "^(25[0-5]|2[0-4]\\d|1\\d\\d|[1-9]?\\d)(\\.(25[0-5]|2[0-4]\\d|1\\d\\d|[1-9]?\\d)){3}$";
@@ -73,7 +76,8 @@ export interface ListParams {
  * Inventory of provider resources (SPEC §5). `list` and `get` are the tenant-scoped HTTP reads; `register`,
  * `link`, `unlink` and `markDestroyed` are for the provisioning saga (visibility "public": callable by other
  * services, never routed over HTTP), and are idempotent so a retried step changes nothing twice. The droplet
- * actions and the saga's compensation handler are here too; drift (`drift`, `driftAction`, the periodic check)
+ * calls and the saga's compensation handler are here too; power/resize actions, the catalog (regions, sizes),
+ * updateResource, forDeployment and destroyByTag come from ProviderActionsMixin (services/inventory/provider-actions.ts); drift (`drift`, `driftAction`, the periodic check)
  * comes from DriftMixin (services/inventory/drift.ts, docs/drift.md).
  */
 const InventoryService: ServiceSchema<any> = {
@@ -81,18 +85,21 @@ const InventoryService: ServiceSchema<any> = {
   version: 1,
   // DriftMixin first: Moleculer runs created/started hooks in this order and stopped in reverse, so the drift
   // check starts after the DbMixin opened the ORM and is stopped (a running check awaited) before it closes it.
-  mixins: [DriftMixin, DbMixin([CloudResource, DriftAction])],
+  mixins: [DriftMixin, ProviderActionsMixin, DbMixin([CloudResource, DriftAction])],
   settings: {
     // DigitalOcean API root and token; default to DO_API_URL / DO_TOKEN / the embedded simulator (lib/provider.ts).
     doApiUrl: undefined,
     doToken: undefined,
-    // How long the provider's size list (for monthly prices) is reused.
-    sizesTtlMs: 5 * 60_000,
+    // How long the provider's catalog (sizes with their prices, regions) is reused; undefined:
+    // INVENTORY_CATALOG_TTL_MS (default 300000). `sizesTtlMs` is its older name.
+    catalogTtlMs: undefined,
   },
 
   created() {
     this.doClient = doClientFrom(this.settings);
-    this.sizes = new SizeCache(this.doClient, this.settings.sizesTtlMs);
+    const ttl = this.settings.catalogTtlMs ?? this.settings.sizesTtlMs ?? catalogTtlMs();
+    this.sizes = new SizeCache(this.doClient, ttl);
+    this.regionCache = new TtlCache<Region[]>(() => this.doClient.listRegions(), ttl);
     // /ready asks once, without the client's retries: a provider that does not answer now is not ready.
     this.probeClient = doClientFrom({ ...this.settings, doMaxRetries: 0 });
   },
@@ -100,6 +107,7 @@ const InventoryService: ServiceSchema<any> = {
   actions: {
     /** For the gateway's /ready: the database (as every DB service) and the provider answering with our token. */
     ready: {
+      access: "public",
       visibility: "public",
       async handler(this: any) {
         const provider = await this.probeClient.getAccount().then(
@@ -112,6 +120,7 @@ const InventoryService: ServiceSchema<any> = {
 
     /** Idempotent by (provider, external_id): a second register returns the same row with mutable fields updated. */
     register: {
+      access: "scoped",
       visibility: "public",
       params: {
         provider: { type: "enum", values: RESOURCE_PROVIDERS, optional: true },
@@ -157,6 +166,7 @@ const InventoryService: ServiceSchema<any> = {
 
     /** Links a resource to a deployment. Linking again to the same deployment changes nothing. */
     link: {
+      access: "scoped",
       visibility: "public",
       params: { ...REF_PARAMS, deployment_id: UUID_PARAM },
       async handler(this: any, ctx: ActionCtx<LinkParams>) {
@@ -172,6 +182,7 @@ const InventoryService: ServiceSchema<any> = {
 
     /** Clears the deployment link; a no-op when there is none (or, with `deployment_id`, when it is another one). */
     unlink: {
+      access: "scoped",
       visibility: "public",
       params: { ...REF_PARAMS, deployment_id: { ...UUID_PARAM, optional: true } },
       async handler(this: any, ctx: ActionCtx<UnlinkParams>) {
@@ -186,6 +197,7 @@ const InventoryService: ServiceSchema<any> = {
 
     /** Status `destroyed` and `destroyed_at`, once; everything else (the link included) is kept for history. */
     markDestroyed: {
+      access: "scoped",
       visibility: "public",
       params: REF_PARAMS,
       async handler(this: any, ctx: ActionCtx<ResourceRef>) {
@@ -199,6 +211,7 @@ const InventoryService: ServiceSchema<any> = {
     },
 
     list: {
+      access: "scoped",
       params: {
         tenant_id: { type: "string", min: 1, max: 200, optional: true },
         deployment_id: { ...UUID_PARAM, optional: true },
@@ -233,6 +246,7 @@ const InventoryService: ServiceSchema<any> = {
     },
 
     get: {
+      access: "scoped",
       params: { id: { type: "string", optional: true }, external_id: REF_PARAMS.external_id, provider: REF_PARAMS.provider },
       async handler(this: any, ctx: ActionCtx<ResourceRef>) {
         const user = currentUser(ctx);
@@ -244,6 +258,7 @@ const InventoryService: ServiceSchema<any> = {
 
     // ---- the provider side: droplets, for the provisioning saga (operators and the system user only) ----
     createDroplet: {
+      access: "internal",
       visibility: "public",
       params: {
         name: { type: "string", min: 1, max: 255 },
@@ -253,34 +268,33 @@ const InventoryService: ServiceSchema<any> = {
         tags: { type: "array", items: "string", max: 50, optional: true },
       },
       async handler(this: any, ctx: ActionCtx<CreateDropletInput>) {
-        requireOperator(ctx);
         // Never retried here: a create in doubt is settled by the caller looking the saga's tag up.
         const res = await provider(() => this.doClient.createDroplet(ctx.params) as Promise<CreateDropletResult>);
         return { droplet: dropletDto(res.droplet) };
       },
     },
     getDroplet: {
+      access: "internal",
       visibility: "public",
       params: { id: { type: "number", integer: true, convert: true } },
       async handler(this: any, ctx: ActionCtx<{ id: number }>) {
-        requireOperator(ctx);
         return { droplet: dropletDto(await provider(() => this.doClient.getDroplet(ctx.params.id) as Promise<Droplet>)) };
       },
     },
     dropletsByTag: {
+      access: "internal",
       visibility: "public",
       params: { tag: { type: "string", min: 1, max: 255 } },
       async handler(this: any, ctx: ActionCtx<{ tag: string }>) {
-        requireOperator(ctx);
         const droplets: Droplet[] = await provider(() => this.doClient.listDropletsByTag(ctx.params.tag));
         return { droplets: droplets.map(dropletDto) };
       },
     },
     destroyDroplet: {
+      access: "internal",
       visibility: "public",
       params: { id: { type: "number", integer: true, convert: true } },
       async handler(this: any, ctx: ActionCtx<{ id: number }>) {
-        requireOperator(ctx);
         return { destroyed: await provider(() => this.doClient.deleteDroplet(ctx.params.id) as Promise<boolean>) };
       },
     },

@@ -128,23 +128,24 @@ const ProvisioningService: ServiceSchema<any> = {
 
   actions: {
     start: {
+      access: "scoped",
       visibility: "public",
       params: { deployment_id: "uuid", tenant_id: "string", slug: "string", region: "string", requested_by: { type: "string", optional: true } },
       async handler(this: any, ctx: ActionCtx<{ deployment_id: string; tenant_id: string; slug: string; region: string; requested_by?: string }>) {
-        currentUser(ctx);
         return this.engine.create(ctx.params, ctx.requestID);
       },
     },
     get: {
+      access: "scoped",
       params: { id: "string" },
       async handler(this: any, ctx: ActionCtx<{ id: string }>) {
         return { saga: await this.visibleSaga(ctx, ctx.params.id) };
       },
     },
     retry: {
+      access: "operator",
       params: { id: "string" },
       async handler(this: any, ctx: ActionCtx<{ id: string }>) {
-        requireOperator(ctx);
         const saga = await this.visibleSaga(ctx, ctx.params.id);
         if (!(await this.engine.retry(saga.id))) throw conflict(`Saga ${saga.id} is ${saga.status}; only compensation_failed sagas can be retried`, "SAGA_NOT_RETRYABLE", { status: saga.status });
         ctx.meta.$statusCode = 202;
@@ -153,14 +154,15 @@ const ProvisioningService: ServiceSchema<any> = {
     },
     /** Operators' overview (REPL `sagas`): newest first, optionally by status. */
     list: {
+      access: "operator",
       visibility: "public",
       params: { status: { type: "enum", values: ["running", "succeeded", "compensating", "compensated", "compensation_failed"], optional: true }, limit: { type: "number", integer: true, min: 1, max: 200, convert: true, optional: true } },
       async handler(this: any, ctx: ActionCtx<{ status?: SagaStatus; limit?: number }>) {
-        requireOperator(ctx);
         return { items: await this.engine.list(ctx.params.status, ctx.params.limit ?? 50), next_cursor: null };
       },
     },
     forDeployment: {
+      access: "scoped",
       visibility: "public",
       params: { deployment_id: "string" },
       async handler(this: any, ctx: ActionCtx<{ deployment_id: string }>) {
@@ -170,10 +172,10 @@ const ProvisioningService: ServiceSchema<any> = {
       },
     },
     confirmCompensation: {
+      access: "internal",
       visibility: "public",
       params: { request_id: "uuid", ok: "boolean", error: { type: "string", optional: true } },
       async handler(this: any, ctx: ActionCtx<{ request_id: string; ok: boolean; error?: string }>) {
-        currentUser(ctx);
         return { accepted: await this.engine.confirm(ctx.params.request_id, ctx.params.ok, ctx.params.error) };
       },
     },

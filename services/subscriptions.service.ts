@@ -70,24 +70,24 @@ const SubscriptionsService: ServiceSchema<any> = {
   actions: {
     // ---- catalog ----
     listPlans: {
+      access: "signed-in",
       async handler(this: any, ctx: ActionCtx<unknown>) {
-        currentUser(ctx);
         const em = emOf(ctx);
         const [plans, versions] = await Promise.all([em.find(Plan, {}, { orderBy: { code: "asc" } }), em.find(PlanVersion, {}, { orderBy: { version: "asc" } })]);
         return { items: plans.map((p) => this.planDto(p, versions.filter((v) => v.plan_code === p.code))), next_cursor: null };
       },
     },
     listAddons: {
+      access: "signed-in",
       async handler(ctx: ActionCtx<unknown>) {
-        currentUser(ctx);
         const addons = await emOf(ctx).find(Addon, {}, { orderBy: { code: "asc" } });
         return { items: addons.map(addonDto), next_cursor: null };
       },
     },
     createPlan: {
+      access: "operator",
       params: { code: CODE, name: { type: "string", min: 1, max: 200 }, price_cents: CENTS, currency: { ...CURRENCY, optional: true } },
       async handler(this: any, ctx: ActionCtx<CreatePlanParams>) {
-        requireOperator(ctx);
         const p = ctx.params;
         const now = new Date();
         const em = emOf(ctx);
@@ -103,9 +103,9 @@ const SubscriptionsService: ServiceSchema<any> = {
       },
     },
     createPlanVersion: {
+      access: "operator",
       params: { code: { type: "string" }, price_cents: CENTS, currency: { ...CURRENCY, optional: true } },
       async handler(ctx: ActionCtx<CreatePlanVersionParams>) {
-        requireOperator(ctx);
         const p = ctx.params;
         try {
           const version = await emOf(ctx).transactional(async (em) => {
@@ -125,9 +125,9 @@ const SubscriptionsService: ServiceSchema<any> = {
       },
     },
     createAddon: {
+      access: "operator",
       params: { code: CODE, name: { type: "string", min: 1, max: 200 }, unit_price_cents: CENTS, currency: { ...CURRENCY, optional: true } },
       async handler(ctx: ActionCtx<CreateAddonParams>) {
-        requireOperator(ctx);
         const p = ctx.params;
         const now = new Date();
         const addon = emOf(ctx).create(Addon, { code: p.code, name: p.name, unit_price_cents: p.unit_price_cents, currency: p.currency ?? "USD", inserted_at: now, updated_at: now });
@@ -141,9 +141,9 @@ const SubscriptionsService: ServiceSchema<any> = {
       },
     },
     updateAddon: {
+      access: "operator",
       params: { code: { type: "string" }, name: { type: "string", min: 1, max: 200, optional: true }, unit_price_cents: { ...CENTS, optional: true } },
       async handler(ctx: ActionCtx<UpdateAddonParams>) {
-        requireOperator(ctx);
         const p = ctx.params;
         if (p.name === undefined && p.unit_price_cents === undefined) throw invalid("Nothing to change: give 'name' and/or 'unit_price_cents'");
         const em = emOf(ctx);
@@ -159,6 +159,7 @@ const SubscriptionsService: ServiceSchema<any> = {
 
     // ---- subscriptions ----
     subscribe: {
+      access: "scoped",
       params: {
         id: { type: "string" },
         plan_code: { type: "string", min: 1, max: 64 },
@@ -195,6 +196,7 @@ const SubscriptionsService: ServiceSchema<any> = {
       },
     },
     attachAddon: {
+      access: "scoped",
       params: { id: { type: "string" }, code: { type: "string", min: 1, max: 64 }, qty: { ...QTY, optional: true } },
       async handler(this: any, ctx: ActionCtx<AttachAddonParams>) {
         await this.deploymentFor(ctx, ctx.params.id);
@@ -213,6 +215,7 @@ const SubscriptionsService: ServiceSchema<any> = {
       },
     },
     changePlan: {
+      access: "scoped",
       params: { id: { type: "string" }, plan_code: { type: "string", min: 1, max: 64, optional: true }, version: { type: "number", integer: true, min: 1, optional: true } },
       async handler(this: any, ctx: ActionCtx<ChangePlanParams>) {
         const user = currentUser(ctx);
@@ -238,6 +241,7 @@ const SubscriptionsService: ServiceSchema<any> = {
       },
     },
     forDeployment: {
+      access: "scoped",
       visibility: "public",
       params: { deployment_id: { type: "string" } },
       async handler(this: any, ctx: ActionCtx<{ deployment_id: string }>) {
@@ -253,6 +257,7 @@ const SubscriptionsService: ServiceSchema<any> = {
      * one tenant. Keyset-paginated by subscription id (`cursor` = the previous page's `next_cursor`).
      */
     listForRevenue: {
+      access: "internal",
       visibility: "public",
       params: {
         tenant_id: { type: "string", min: 1, max: 200, optional: true },
@@ -260,7 +265,6 @@ const SubscriptionsService: ServiceSchema<any> = {
         cursor: { type: "uuid", optional: true },
       },
       async handler(ctx: ActionCtx<{ tenant_id?: string; limit?: number; cursor?: string }>) {
-        requireOperator(ctx);
         const p = ctx.params;
         const limit = p.limit ?? 500;
         const em = emOf(ctx);

@@ -1,6 +1,6 @@
 /**
- * A DigitalOcean API v2 look-alike for the embedded mode and the tests: the droplet, domain
- * record, size, balance and account paths the control plane uses, with DO's bodies, statuses,
+ * A DigitalOcean API v2 look-alike for the embedded mode and the tests: the droplet, droplet
+ * action, action, domain record, size, region, balance and account paths the control plane uses, with DO's bodies, statuses,
  * error shape, pagination and rate-limit headers, plus a control API under /v2/_sim/ for fault
  * injection and state inspection (see docs/simulator.md). State lives in memory only.
  */
@@ -11,9 +11,10 @@ import type { AddressInfo } from "node:net";
 export const FAULT_OPERATIONS = [
   "droplets.create", "droplets.get", "droplets.list", "droplets.delete",
   "domains.records.list", "domains.records.create", "domains.records.update", "domains.records.delete",
+  "droplets.actions.create", "droplets.actions.list", "actions.get",
 ] as const;
 export type FaultOperation = (typeof FAULT_OPERATIONS)[number];
-export const FAULT_MODES = ["error", "lose_response", "never_active", "delay"] as const;
+export const FAULT_MODES = ["error", "lose_response", "never_active", "action_errored", "delay"] as const;
 export type FaultMode = (typeof FAULT_MODES)[number];
 
 export interface SimFault {
@@ -34,6 +35,8 @@ export interface SimulatorOptions {
   host?: string;
   token?: string;
   activeAfterMs?: number;
+  /** How long a droplet action stays `in-progress` (default: activeAfterMs). */
+  actionMs?: number;
   rateLimit?: number;
   rateLimitWindowMs?: number;
 }
@@ -45,12 +48,30 @@ export interface Simulator {
   reset(): void;
 }
 
-const REGIONS: Record<string, string> = {
-  nyc1: "New York 1", nyc3: "New York 3", sfo3: "San Francisco 3", ams3: "Amsterdam 3",
-  fra1: "Frankfurt 1", lon1: "London 1", sgp1: "Singapore 1", tor1: "Toronto 1",
-  blr1: "Bangalore 1", syd1: "Sydney 1",
-};
-const REGION_SLUGS = Object.keys(REGIONS);
+// DO lists retired regions too, `available: false` with no sizes: they take no new droplets.
+const REGION_LIST: { slug: string; name: string; available: boolean }[] = [
+  { slug: "nyc1", name: "New York 1", available: true },
+  { slug: "nyc2", name: "New York 2", available: false },
+  { slug: "nyc3", name: "New York 3", available: true },
+  { slug: "sfo1", name: "San Francisco 1", available: false },
+  { slug: "sfo2", name: "San Francisco 2", available: false },
+  { slug: "sfo3", name: "San Francisco 3", available: true },
+  { slug: "ams2", name: "Amsterdam 2", available: false },
+  { slug: "ams3", name: "Amsterdam 3", available: true },
+  { slug: "fra1", name: "Frankfurt 1", available: true },
+  { slug: "lon1", name: "London 1", available: true },
+  { slug: "sgp1", name: "Singapore 1", available: true },
+  { slug: "tor1", name: "Toronto 1", available: true },
+  { slug: "blr1", name: "Bangalore 1", available: true },
+  { slug: "syd1", name: "Sydney 1", available: true },
+];
+const REGIONS: Record<string, string> = Object.fromEntries(REGION_LIST.map((r) => [r.slug, r.name]));
+/** Regions that take new droplets. */
+const REGION_SLUGS = REGION_LIST.filter((r) => r.available).map((r) => r.slug);
+const REGION_AVAILABLE = new Set(REGION_SLUGS);
+// Not every size is offered everywhere: the largest one is not sold in syd1 (a case for region/size checks).
+const NOT_OFFERED: Record<string, string[]> = { "s-4vcpu-8gb": ["syd1"] };
+const offered = (size: string, region: string) => REGION_AVAILABLE.has(region) && !(NOT_OFFERED[size] ?? []).includes(region);
 
 // DO bills hourly on a 672-hour month, capped at the monthly price.
 const HOURS_PER_MONTH = 672;
@@ -64,7 +85,7 @@ const SIZES = [
 ].map((s) => ({
   ...s,
   price_hourly: Math.round((s.price_monthly / HOURS_PER_MONTH) * 1e5) / 1e5,
-  regions: REGION_SLUGS,
+  regions: REGION_SLUGS.filter((r) => offered(s.slug, r)),
   available: true,
   description: "Basic",
 }));
@@ -80,11 +101,17 @@ interface SimDroplet {
   region: string;
   size: Size;
   image: string | number;
+  /** As sent on create (null: none); DO never renders it, _sim/state does. */
+  userData: string | null;
+  /** GB. A resize without `disk: true` keeps it; with it, it becomes the new size's disk (and never shrinks). */
+  disk: number;
   tags: string[];
   createdMs: number;
   ipv4: string;
   privateIpv4: string;
   neverActive: boolean;
+  /** The droplet action still running on it (DO locks the droplet meanwhile). */
+  pendingAction?: SimAction;
   /** Set by the control API; overrides the time-based new→active transition. */
   status?: string;
 }
@@ -106,6 +133,22 @@ class HttpError extends Error {
   constructor(readonly status: number, readonly id: string, message: string) { super(message); }
 }
 const notFound = () => new HttpError(404, "not_found", "The resource you were accessing could not be found.");
+
+export const DROPLET_ACTION_TYPES = ["power_on", "power_off", "shutdown", "resize"] as const;
+interface SimAction {
+  id: number;
+  type: string;
+  dropletId: number;
+  region: string;
+  startedMs: number;
+  /** When it ends (Infinity: never, e.g. the create action of a never_active droplet). */
+  doneMs: number;
+  /** Its outcome once done. */
+  outcome: "completed" | "errored";
+  /** Applied to the droplet when it completes (not when it errors). */
+  effect?: (d: SimDroplet) => void;
+  settled: boolean;
+}
 const unprocessable = (message: string) => new HttpError(422, "unprocessable_entity", message);
 
 const ERROR_IDS: Record<number, [string, string]> = {
@@ -131,22 +174,29 @@ export async function startSimulator(opts: SimulatorOptions = {}): Promise<Simul
   const env = process.env;
   const token = opts.token ?? (env.SIM_TOKEN || undefined);
   const activeAfterMs = opts.activeAfterMs ?? Number(env.SIM_ACTIVE_AFTER_MS ?? 1500);
+  const actionMs = opts.actionMs ?? Number(env.SIM_ACTION_MS ?? activeAfterMs);
   const rateLimit = opts.rateLimit ?? Number(env.SIM_RATE_LIMIT ?? 5000);
   const windowMs = opts.rateLimitWindowMs ?? 3_600_000;
 
   let droplets = new Map<number, SimDroplet>();
   let domains = new Map<string, Map<number, SimDomainRecord>>();
+  let actions = new Map<number, SimAction>();
+  /** Droplet actions not yet ended: the only ones settleActions looks at. */
+  let unsettled = new Set<SimAction>();
   let faults: SimFault[] = [];
   let requests: Record<string, number> = {};
   // Ids start from the clock so a restarted simulator never hands out an id a persisted database already knows.
   let nextDropletId = Math.floor(Date.now() / 1000) * 10;
   let nextRecordId = Math.floor(Date.now() / 1000) * 10;
+  let nextActionId = Math.floor(Date.now() / 1000) * 10;
   let nextFaultId = 1;
   let window = { start: Date.now(), used: 0 };
 
   function reset() {
     droplets = new Map();
     domains = new Map();
+    actions = new Map();
+    unsettled = new Set();
     faults = [];
     requests = {};
     window = { start: Date.now(), used: 0 };
@@ -156,16 +206,76 @@ export async function startSimulator(opts: SimulatorOptions = {}): Promise<Simul
   const publicIp = (n: number) => `203.0.${(n >> 8) & 255}.${n & 255}`;
   const privateIp = (n: number) => `10.108.${(n >> 8) & 255}.${n & 255}`;
 
+  /** Ends the actions whose time has come, applying their effect: called before every request is handled. */
+  function settleActions() {
+    const now = Date.now();
+    for (const a of unsettled) {
+      if (a.doneMs > now) continue;
+      a.settled = true;
+      unsettled.delete(a);
+      const d = droplets.get(a.dropletId);
+      if (d?.pendingAction === a) d.pendingAction = undefined;
+      if (a.outcome === "completed" && d) a.effect?.(d);
+    }
+  }
+  const pending = (d: SimDroplet) => d.pendingAction !== undefined;
+
+  function actionView(a: SimAction) {
+    const done = a.settled || a.doneMs <= Date.now();
+    const at = (ms: number) => new Date(ms).toISOString().replace(/\.\d{3}Z$/, "Z");
+    return { id: a.id, status: done ? a.outcome : "in-progress", type: a.type, started_at: at(a.startedMs),
+      completed_at: done ? at(a.doneMs) : null, resource_id: a.dropletId, resource_type: "droplet",
+      region: regionView(a.region), region_slug: a.region };
+  }
+
+  function statusOf(d: SimDroplet) {
+    return d.status ?? (d.neverActive || Date.now() - d.createdMs < activeAfterMs ? "new" : "active");
+  }
+
+  /** POST /v2/droplets/:id/actions: what DO accepts, refuses (422) and what the action does when it completes. */
+  function startAction(d: SimDroplet, body: unknown, errored: boolean): SimAction {
+    if (!isObj(body)) throw unprocessable("The request body must be a JSON object.");
+    const type = body.type;
+    if (typeof type !== "string" || !type) throw unprocessable("Type is required.");
+    if (!(DROPLET_ACTION_TYPES as readonly string[]).includes(type)) throw unprocessable(`'${type}' is not a valid action type.`);
+    const status = statusOf(d);
+    // DO locks a droplet while an action (or its creation) is in progress and refuses another one.
+    if (status === "new" || pending(d)) throw unprocessable("Droplet already has a pending event.");
+    let effect: SimAction["effect"];
+    if (type === "power_on") effect = (x) => { x.status = "active"; };
+    else if (type === "power_off" || type === "shutdown") effect = (x) => { x.status = "off"; };
+    else {
+      const size = SIZES.find((s) => s.slug === body.size);
+      if (typeof body.size !== "string" || !body.size) throw unprocessable("Size is required.");
+      if (!size) throw unprocessable("You specified an invalid size for Droplet resize.");
+      if (body.disk !== undefined && typeof body.disk !== "boolean") throw unprocessable("Disk must be a boolean.");
+      if (!offered(size.slug, d.region)) throw unprocessable("The size you selected is not available in this Droplet's region.");
+      // A droplet has to be powered off before a resize (we model DO's rule strictly: no implicit power-off).
+      if (status !== "off") throw unprocessable("Droplet must be powered off before it can be resized.");
+      // Disk never shrinks: a size with a smaller disk than the droplet's is refused.
+      if (size.disk < d.disk) throw unprocessable("This size is not available because it has a smaller disk.");
+      const disk = body.disk === true;
+      effect = (x) => { x.size = size; if (disk) x.disk = size.disk; };
+    }
+    const now = Date.now();
+    const a: SimAction = { id: nextActionId++, type, dropletId: d.id, region: d.region, startedMs: now, doneMs: now + actionMs,
+      outcome: errored ? "errored" : "completed", effect, settled: false };
+    actions.set(a.id, a);
+    unsettled.add(a);
+    d.pendingAction = a;
+    return a;
+  }
+
   function dropletView(d: SimDroplet) {
-    const status = d.status ?? (d.neverActive || Date.now() - d.createdMs < activeAfterMs ? "new" : "active");
+    const status = statusOf(d);
     const hasIp = status !== "new"; // like DO, a droplet gets its addresses once it is up
     return {
       id: d.id,
       name: d.name,
       memory: d.size.memory,
       vcpus: d.size.vcpus,
-      disk: d.size.disk,
-      locked: false,
+      disk: d.disk,
+      locked: pending(d),
       status,
       kernel: null,
       created_at: new Date(d.createdMs).toISOString().replace(/\.\d{3}Z$/, "Z"),
@@ -193,7 +303,7 @@ export async function startSimulator(opts: SimulatorOptions = {}): Promise<Simul
   }
 
   function regionView(slug: string) {
-    return { slug, name: REGIONS[slug] ?? slug, sizes: SIZES.map((s) => s.slug), available: true,
+    return { slug, name: REGIONS[slug] ?? slug, sizes: SIZES.filter((s) => offered(s.slug, slug)).map((s) => s.slug), available: REGION_AVAILABLE.has(slug),
       features: ["backups", "ipv6", "metadata", "install_agent", "storage", "image_transfer"] };
   }
 
@@ -207,12 +317,17 @@ export async function startSimulator(opts: SimulatorOptions = {}): Promise<Simul
 
   function addDroplet(b: Record<string, any>, neverActive: boolean, status?: string): SimDroplet {
     const id = nextDropletId++;
+    const size = SIZES.find((s) => s.slug === b.size)!;
     const d: SimDroplet = {
-      id, name: b.name, region: b.region, size: SIZES.find((s) => s.slug === b.size)!, image: b.image,
-      tags: Array.isArray(b.tags) ? [...new Set<string>(b.tags.map(String))] : [],
+      id, name: b.name, region: b.region, size, image: b.image, userData: typeof b.user_data === "string" ? b.user_data : null,
+      disk: size.disk, tags: Array.isArray(b.tags) ? [...new Set<string>(b.tags.map(String))] : [],
       createdMs: Date.now(), ipv4: publicIp(id), privateIpv4: privateIp(id), neverActive, status,
     };
     droplets.set(id, d);
+    // The create action, readable at GET /v2/actions/:id like DO's; it completes when the droplet is active.
+    const createAction = id + 2000000000;
+    actions.set(createAction, { id: createAction, type: "create", dropletId: id, region: d.region, startedMs: d.createdMs,
+      doneMs: neverActive ? Infinity : d.createdMs + activeAfterMs, outcome: "completed", settled: false });
     return d;
   }
 
@@ -223,9 +338,13 @@ export async function startSimulator(opts: SimulatorOptions = {}): Promise<Simul
     if (!DROPLET_NAME.test(v.name)) throw unprocessable("Only valid hostname characters are allowed. (a-z, A-Z, 0-9, . and -)");
     if (typeof v.region !== "string" || !v.region) throw unprocessable("Region is required.");
     if (!REGIONS[v.region]) throw unprocessable("You specified an invalid region for Droplet creation.");
+    if (!REGION_AVAILABLE.has(v.region)) throw unprocessable(`The region ${v.region} is not available for Droplet creation.`);
     if (typeof v.size !== "string" || !v.size) throw unprocessable("Size is required.");
     if (!SIZES.some((s) => s.slug === v.size)) throw unprocessable("You specified an invalid size for Droplet creation.");
+    if (!offered(v.size, v.region)) throw unprocessable("The size you selected is not available in this region.");
     if ((typeof v.image !== "string" || !v.image) && !isInt(v.image)) throw unprocessable("Image is required.");
+    if (v.user_data != null && typeof v.user_data !== "string") throw unprocessable("User data must be a string.");
+    if (typeof v.user_data === "string" && Buffer.byteLength(v.user_data) > 64 * 1024) throw unprocessable("User data is limited to 64 KiB.");
     if (v.tags != null && (!Array.isArray(v.tags) || v.tags.some((t: unknown) => typeof t !== "string" || !/^[\w:.-]{1,255}$/.test(t))))
       throw unprocessable("Tags must be strings of letters, digits, colons, dashes, dots and underscores.");
     return v;
@@ -324,6 +443,18 @@ export async function startSimulator(opts: SimulatorOptions = {}): Promise<Simul
         for (const d of [...droplets.values()]) if (d.tags.includes(tag)) droplets.delete(d.id);
         return { status: 204 };
       } };
+      if (n === 3 && b === "actions" && method === "POST") return { op: "droplets.actions.create", run: (body, fault) => {
+        const d = /^\d+$/.test(a) ? droplets.get(Number(a)) : undefined;
+        if (!d) throw notFound();
+        const act = startAction(d, body, fault?.mode === "action_errored");
+        return { status: 201, body: { action: actionView(act) } };
+      } };
+      if (n === 3 && b === "actions" && method === "GET") return { op: "droplets.actions.list", run: () => {
+        const d = /^\d+$/.test(a) ? droplets.get(Number(a)) : undefined;
+        if (!d) throw notFound();
+        const list = [...actions.values()].filter((x) => x.dropletId === d.id).sort((x, y) => y.startedMs - x.startedMs || y.id - x.id);
+        return paginate(url, "actions", list.map(actionView));
+      } };
       if (n === 2 && (method === "GET" || method === "DELETE")) return { op: method === "GET" ? "droplets.get" : "droplets.delete", run: () => {
         const d = droplets.get(Number(a));
         if (!d || !/^\d+$/.test(a)) throw notFound();
@@ -369,8 +500,13 @@ export async function startSimulator(opts: SimulatorOptions = {}): Promise<Simul
       }
       return undefined;
     }
+    if (res === "actions" && n === 2 && method === "GET") return { op: "actions.get", run: () => {
+      const act = /^\d+$/.test(a) ? actions.get(Number(a)) : undefined;
+      if (!act) throw notFound();
+      return { status: 200, body: { action: actionView(act) } };
+    } };
     if (n === 1 && method === "GET" && res === "sizes") return { op: "sizes.list", run: () => paginate(url, "sizes", SIZES) };
-    if (n === 1 && method === "GET" && res === "regions") return { op: "regions.list", run: () => paginate(url, "regions", REGION_SLUGS.map(regionView)) };
+    if (n === 1 && method === "GET" && res === "regions") return { op: "regions.list", run: () => paginate(url, "regions", REGION_LIST.map((r) => regionView(r.slug))) };
     if (n === 3 && method === "GET" && res === "customers" && a === "my" && b === "balance") return { op: "balance.get", run: () => ({ status: 200, body: balance() }) };
     if (n === 1 && method === "GET" && res === "account") return { op: "account.get", run: () => ({ status: 200, body: { account: {
       droplet_limit: 1000, floating_ip_limit: 10, volume_limit: 100, email: "sim@example.com",
@@ -390,7 +526,9 @@ export async function startSimulator(opts: SimulatorOptions = {}): Promise<Simul
     const n = parts.length;
     if (n === 1 && what === "state" && method === "GET")
       return { status: 200, body: {
-        droplets: [...droplets.values()].map(dropletView),
+        // As the API renders them, plus what DO never shows back: the user data given on create.
+        droplets: [...droplets.values()].map((d) => ({ ...dropletView(d), user_data: d.userData })),
+        actions: [...actions.values()].filter((x) => x.type !== "create").map(actionView),
         domain_records: [...domains].flatMap(([domain, m]) => [...m.values()].map((r) => ({ domain, ...r }))),
         faults, requests } };
     if (n === 1 && what === "reset" && method === "POST") { reset(); return { status: 204 }; }
@@ -402,6 +540,7 @@ export async function startSimulator(opts: SimulatorOptions = {}): Promise<Simul
       if (!FAULT_OPERATIONS.includes(operation)) throw unprocessable(`operation must be one of ${FAULT_OPERATIONS.join(", ")}.`);
       if (!FAULT_MODES.includes(mode)) throw unprocessable(`mode must be one of ${FAULT_MODES.join(", ")}.`);
       if (mode === "never_active" && operation !== "droplets.create") throw unprocessable("never_active applies to droplets.create only.");
+      if (mode === "action_errored" && operation !== "droplets.actions.create") throw unprocessable("action_errored applies to droplets.actions.create only.");
       if (!isInt(status) || status < 400 || status > 599) throw unprocessable("status must be an integer from 400 to 599.");
       if (!isInt(count) || (count < 1 && count !== -1)) throw unprocessable("count must be a positive integer or -1.");
       if (!isInt(delay_ms) || delay_ms < 0 || delay_ms > 600_000) throw unprocessable("delay_ms must be an integer from 0 to 600000.");
@@ -427,6 +566,7 @@ export async function startSimulator(opts: SimulatorOptions = {}): Promise<Simul
           const size = SIZES.find((s) => s.slug === body.size);
           if (!size) throw unprocessable("Unknown size.");
           d.size = size;
+          d.disk = size.disk;
         }
         if (typeof body.status === "string") d.status = body.status;
         if (typeof body.ipv4 === "string") d.ipv4 = body.ipv4;
@@ -483,6 +623,7 @@ export async function startSimulator(opts: SimulatorOptions = {}): Promise<Simul
       return send(res, errorReply(400, requestId, "bad_request", "The request body is not valid JSON."));
     }
     if (parts[0] !== "v2") return send(res, errorReply(404, requestId));
+    settleActions();
     if (parts[1] === "_sim") {
       try {
         return send(res, control(method, parts.slice(2), body));

@@ -119,6 +119,219 @@ describe("droplets", () => {
   });
 });
 
+describe("droplet actions", () => {
+  /** A droplet that is already active (planted), so actions are accepted at once. */
+  async function activeDroplet(extra: Record<string, unknown> = {}) {
+    const r = await control("POST", "droplets", { name: `act-${Math.random().toString(36).slice(2, 8)}`, region: "nyc3", tags: ["saga:act"], ...extra });
+    expect(r.status).toBe(201);
+    return r.body.droplet.id as number;
+  }
+  const done = (id: number) => until(async () => { const a = await client.getAction(id); return a.status !== "in-progress" && a; });
+
+  it("powers a droplet off and on: 201 in-progress, then completed, and the status follows", async () => {
+    const id = await activeDroplet();
+    const off = await client.dropletAction(id, { type: "power_off" });
+    expect(off).toMatchObject({ status: "in-progress", type: "power_off", resource_id: id, resource_type: "droplet", region_slug: "nyc3", completed_at: null });
+    expect(Number.isInteger(off.id)).toBe(true);
+    expect(Date.parse(off.started_at)).not.toBeNaN();
+    expect(await client.getDroplet(id)).toMatchObject({ status: "active", locked: true }); // not off until the action ends
+    const ended = await done(off.id);
+    expect(ended).toMatchObject({ id: off.id, status: "completed", type: "power_off" });
+    expect(Date.parse(ended.completed_at!)).toBeGreaterThanOrEqual(Date.parse(off.started_at));
+    expect(await client.getDroplet(id)).toMatchObject({ status: "off", locked: false });
+    expect((await state()).droplets.find((d: any) => d.id === id).status).toBe("off");
+
+    const on = await client.dropletAction(id, { type: "power_on" });
+    expect((await done(on.id)).status).toBe("completed");
+    expect((await client.getDroplet(id)).status).toBe("active");
+
+    const shut = await client.dropletAction(id, { type: "shutdown" });
+    expect((await done(shut.id)).status).toBe("completed");
+    expect((await client.getDroplet(id)).status).toBe("off");
+  });
+
+  it("power_on of an active droplet (and power_off of an off one) is accepted and completes, changing nothing", async () => {
+    const id = await activeDroplet();
+    const a = await client.dropletAction(id, { type: "power_on" });
+    expect((await done(a.id)).status).toBe("completed");
+    expect((await client.getDroplet(id)).status).toBe("active");
+    const off = await activeDroplet({ status: "off" });
+    const b = await client.dropletAction(off, { type: "power_off" });
+    expect((await done(b.id)).status).toBe("completed");
+    expect((await client.getDroplet(off)).status).toBe("off");
+  });
+
+  it("resizes an off droplet: size_slug and price change; the disk only with disk: true", async () => {
+    const id = await activeDroplet({ status: "off", size: "s-1vcpu-1gb" });
+    const a = await client.dropletAction(id, { type: "resize", size: "s-2vcpu-2gb" });
+    expect(a).toMatchObject({ type: "resize", status: "in-progress" });
+    expect((await client.getDroplet(id)).size_slug).toBe("s-1vcpu-1gb");
+    expect((await done(a.id)).status).toBe("completed");
+    const d = await client.getDroplet(id);
+    expect(d).toMatchObject({ status: "off", size_slug: "s-2vcpu-2gb", memory: 2048, vcpus: 2, disk: 25, size: { price_monthly: 18 } });
+
+    const b = await client.dropletAction(id, { type: "resize", size: "s-2vcpu-4gb", disk: true });
+    expect((await done(b.id)).status).toBe("completed");
+    expect(await client.getDroplet(id)).toMatchObject({ size_slug: "s-2vcpu-4gb", disk: 80 });
+    // The disk never shrinks: a size with a smaller disk is refused now.
+    const e = await rejection(client.dropletAction(id, { type: "resize", size: "s-2vcpu-2gb" }));
+    expect(e).toMatchObject({ status: 422, id: "unprocessable_entity", message: "This size is not available because it has a smaller disk." });
+    expect((await state()).droplets.find((x: any) => x.id === id).size_slug).toBe("s-2vcpu-4gb");
+  });
+
+  it("refuses with DO's 422 body: a running droplet's resize, an unknown size or type, a droplet with a pending action", async () => {
+    const id = await activeDroplet();
+    const running = await rejection(client.dropletAction(id, { type: "resize", size: "s-2vcpu-2gb" }));
+    expect(running).toMatchObject({ status: 422, id: "unprocessable_entity", message: "Droplet must be powered off before it can be resized.", transient: false });
+    expect(running.requestId).toMatch(/^[0-9a-f-]{36}$/);
+    const off = await activeDroplet({ status: "off" });
+    expect(await rejection(client.dropletAction(off, { type: "resize", size: "s-99vcpu-1tb" })))
+      .toMatchObject({ status: 422, id: "unprocessable_entity", message: "You specified an invalid size for Droplet resize." });
+    expect(await rejection(client.dropletAction(off, { type: "reboot_twice" } as never))).toMatchObject({ status: 422 });
+    expect(await rejection(client.dropletAction(off, { type: "resize" } as never))).toMatchObject({ status: 422, message: "Size is required." });
+
+    await client.dropletAction(id, { type: "power_off" });
+    expect(await rejection(client.dropletAction(id, { type: "power_on" })))
+      .toMatchObject({ status: 422, message: "Droplet already has a pending event." });
+    // A droplet still being created is locked the same way.
+    const booting = (await client.createDroplet(input("booting-1", "t"))).droplet;
+    expect(await rejection(client.dropletAction(booting.id, { type: "power_off" }))).toMatchObject({ status: 422 });
+    expect(await rejection(client.dropletAction(999, { type: "power_off" }))).toMatchObject({ status: 404, id: "not_found" });
+    expect(await rejection(client.getAction(999))).toMatchObject({ status: 404, id: "not_found" });
+    expect((await state()).droplets.find((x: any) => x.id === off).size_slug).toBe("s-1vcpu-1gb");
+  });
+
+  it("the create action of a droplet is readable and completes when the droplet is active", async () => {
+    const created = await client.createDroplet(input("withaction-1", "t"));
+    const actionId = created.links.actions[0].id;
+    expect(await client.getAction(actionId)).toMatchObject({ type: "create", status: "in-progress", resource_id: created.droplet.id });
+    expect((await done(actionId)).status).toBe("completed");
+    expect((await client.getDroplet(created.droplet.id)).status).toBe("active");
+  });
+
+  it("lists a droplet's actions newest first, create action included", async () => {
+    const id = await activeDroplet();
+    const off = await client.dropletAction(id, { type: "power_off" });
+    await done(off.id);
+    const on = await client.dropletAction(id, { type: "power_on" });
+    const list = await client.listDropletActions(id, { perPage: 1 });
+    expect(list.map((x) => [x.id, x.type])).toEqual([[on.id, "power_on"], [off.id, "power_off"], [expect.any(Number), "create"]]);
+    expect(list[0].status).toBe("in-progress");
+    expect(await rejection(client.listDropletActions(424242))).toMatchObject({ status: 404 });
+  });
+
+  it("action_errored: accepted, then errored, the droplet unchanged", async () => {
+    const id = await activeDroplet({ status: "off" });
+    await fault({ operation: "droplets.actions.create", mode: "action_errored" });
+    const a = await client.dropletAction(id, { type: "resize", size: "s-4vcpu-8gb" });
+    expect(a.status).toBe("in-progress");
+    expect((await done(a.id)).status).toBe("errored");
+    expect(await client.getDroplet(id)).toMatchObject({ status: "off", size_slug: "s-1vcpu-1gb", locked: false });
+    // Only the one action: the next one completes.
+    const b = await client.dropletAction(id, { type: "power_on" });
+    expect((await done(b.id)).status).toBe("completed");
+    expect((await client.getDroplet(id)).status).toBe("active");
+  });
+
+  it("an action create is never resent after a 5xx or a lost response; a 429 is waited out", async () => {
+    const id = await activeDroplet();
+    await fault({ operation: "droplets.actions.create", mode: "error", status: 503 });
+    expect(await rejection(client.dropletAction(id, { type: "power_off" }))).toMatchObject({ status: 503, transient: true });
+    expect((await state()).requests["droplets.actions.create"]).toBe(1);
+    expect((await client.getDroplet(id)).locked).toBe(false); // the error came before any work
+
+    await fault({ operation: "droplets.actions.create", mode: "lose_response" });
+    expect(await rejection(client.dropletAction(id, { type: "power_off" }))).toMatchObject({ status: 0, id: "network_error", transient: true });
+    let s = await state();
+    expect(s.requests["droplets.actions.create"]).toBe(2);
+    // The lost one was carried out: the droplet goes off; settle by reading it, not by asking again.
+    expect(s.actions.filter((x: any) => x.resource_id === id)).toHaveLength(1);
+    await until(async () => (await client.getDroplet(id)).status === "off");
+
+    await fault({ operation: "droplets.actions.create", mode: "error", status: 429 });
+    const on = await client.dropletAction(id, { type: "power_on" });
+    s = await state();
+    expect(s.requests["droplets.actions.create"]).toBe(4);
+    expect((await done(on.id)).status).toBe("completed");
+  });
+
+  it("reads of an action are retried on 5xx and lost responses, and can be delayed", async () => {
+    const id = await activeDroplet();
+    const a = await client.dropletAction(id, { type: "power_off" });
+    await fault({ operation: "actions.get", mode: "error", status: 500, count: 2 });
+    expect((await client.getAction(a.id)).id).toBe(a.id);
+    expect((await state()).requests["actions.get"]).toBe(3);
+    await fault({ operation: "actions.get", mode: "lose_response" });
+    expect((await client.getAction(a.id)).id).toBe(a.id);
+    expect((await state()).requests["actions.get"]).toBe(5);
+    await fault({ operation: "actions.get", mode: "delay", delay_ms: 250 });
+    const started = Date.now();
+    await client.getAction(a.id);
+    expect(Date.now() - started).toBeGreaterThanOrEqual(240);
+    await fault({ operation: "actions.get", mode: "error", status: 404 });
+    expect(await rejection(client.getAction(a.id))).toMatchObject({ status: 404, transient: false });
+    expect((await state()).requests["actions.get"]).toBe(7);
+  });
+
+  it("delay on an action create slows it down and still starts the action", async () => {
+    const id = await activeDroplet();
+    await fault({ operation: "droplets.actions.create", mode: "delay", delay_ms: 250 });
+    const started = Date.now();
+    const a = await client.dropletAction(id, { type: "power_off" });
+    expect(Date.now() - started).toBeGreaterThanOrEqual(240);
+    expect((await done(a.id)).status).toBe("completed");
+  });
+
+  it("actions complete after SIM_ACTION_MS, independent of the boot delay", async () => {
+    const slow = await startSimulator({ port: 0, token: TOKEN, activeAfterMs: 0, actionMs: 600 });
+    try {
+      const c = new DigitalOceanClient({ baseUrl: slow.url, token: TOKEN, baseBackoffMs: 10 });
+      const { droplet } = await c.createDroplet(input("fast-boot", "t"));
+      expect((await c.getDroplet(droplet.id)).status).toBe("active");
+      const a = await c.dropletAction(droplet.id, { type: "power_off" });
+      const started = Date.now();
+      await until(async () => (await c.getAction(a.id)).status === "completed");
+      expect(Date.now() - started).toBeGreaterThanOrEqual(400);
+    } finally {
+      await slow.close();
+    }
+  });
+});
+
+describe("regions", () => {
+  it("lists regions, some unavailable (with no sizes), each with the sizes it offers", async () => {
+    const regions = await client.listRegions();
+    expect(regions.length).toBeGreaterThanOrEqual(10);
+    const bySlug = Object.fromEntries(regions.map((r) => [r.slug, r]));
+    expect(bySlug.nyc3).toMatchObject({ name: "New York 3", available: true, features: expect.arrayContaining(["ipv6"]) });
+    expect(bySlug.nyc3.sizes).toEqual(expect.arrayContaining(["s-1vcpu-1gb", "s-4vcpu-8gb"]));
+    const unavailable = regions.filter((r) => !r.available);
+    expect(unavailable.length).toBeGreaterThanOrEqual(1);
+    for (const r of unavailable) expect(r.sizes).toEqual([]);
+    expect(bySlug.syd1.sizes).not.toContain("s-4vcpu-8gb");
+    const sizes = await client.listSizes();
+    expect(sizes.find((s) => s.slug === "s-4vcpu-8gb")!.regions).not.toContain("syd1");
+  });
+
+  it("refuses a droplet in an unavailable region or with a size its region does not offer", async () => {
+    const regions = await client.listRegions();
+    const gone = regions.find((r) => !r.available)!;
+    expect(await rejection(client.createDroplet({ ...input("nowhere-1", "t"), region: gone.slug }))).toMatchObject({ status: 422, id: "unprocessable_entity" });
+    expect(await rejection(client.createDroplet({ ...input("big-1", "t"), region: "syd1", size: "s-4vcpu-8gb" }))).toMatchObject({ status: 422 });
+    expect((await state()).droplets).toEqual([]);
+  });
+
+  it("_sim/state shows a droplet's status, size_slug, image and user_data as created", async () => {
+    await client.createDroplet({ ...input("state-1", "t"), user_data: "#cloud-config\nruncmd: [echo hi]\n" });
+    await client.createDroplet(input("state-2", "t"));
+    const [a, b] = (await state()).droplets;
+    expect(a).toMatchObject({ name: "state-1", status: "new", size_slug: "s-1vcpu-1gb", image: { slug: "ubuntu-24-04-x64" }, user_data: "#cloud-config\nruncmd: [echo hi]\n" });
+    expect(b).toMatchObject({ name: "state-2", user_data: null });
+    // DO never renders user data back.
+    expect((await client.getDroplet(a.id)).user_data).toBeUndefined();
+  });
+});
+
 describe("domain records", () => {
   it("creates, filters by type and fully qualified name, updates and deletes", async () => {
     const a = await client.createDomainRecord(DOMAIN, { type: "A", name: "shop.acme", data: "203.0.113.10", ttl: 300 });
@@ -299,6 +512,9 @@ describe("simulator control API", () => {
     expect((await control("POST", "faults", { operation: "droplets.explode", mode: "error" })).status).toBe(422);
     expect((await control("POST", "faults", { operation: "droplets.get", mode: "melt" })).status).toBe(422);
     expect((await control("POST", "faults", { operation: "droplets.get", mode: "never_active" })).status).toBe(422);
+    expect((await control("POST", "faults", { operation: "droplets.create", mode: "action_errored" })).status).toBe(422);
+    expect((await control("POST", "faults", { operation: "actions.get", mode: "delay", delay_ms: 10 })).status).toBe(201);
+    expect((await control("DELETE", "faults")).status).toBe(204);
     expect((await control("POST", "faults", { operation: "droplets.get", mode: "error", count: 0 })).status).toBe(422);
     expect((await control("POST", "faults", { operation: "droplets.get", mode: "delay" })).status).toBe(422);
     const f = await fault({ operation: "domains.records.update", mode: "error", status: 502, count: -1 });
@@ -331,6 +547,6 @@ describe("simulator control API", () => {
     await client.createDomainRecord(DOMAIN, { type: "A", name: "r", data: "203.0.113.1" });
     await fault({ operation: "droplets.get", mode: "error", count: -1 });
     expect([204, 200]).toContain((await control("POST", "reset")).status);
-    expect(await state()).toEqual({ droplets: [], domain_records: [], faults: [], requests: {} });
+    expect(await state()).toEqual({ droplets: [], actions: [], domain_records: [], faults: [], requests: {} });
   });
 });

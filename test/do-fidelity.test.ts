@@ -90,3 +90,48 @@ it("reads sizes, the balance and the account", async () => {
   const account = await dots.account.getAccount();
   expect(account.data.account.status).toBe("active");
 });
+
+it("powers off, resizes and powers on a droplet through droplet actions, polling the global actions endpoint", async () => {
+  const created = await dots.droplet.createDroplet({ name: "fidelity-act", region: "ams3", size: "s-1vcpu-1gb", image: "ubuntu-24-04-x64", tags: ["saga:act"] });
+  const id = created.data.droplet.id;
+  await until(async () => (await dots.droplet.getDroplet({ droplet_id: id })).data.droplet.status === "active");
+  const finished = (actionId: number) => until(async () => {
+    const { data } = await dots.action.getAction({ action_id: actionId });
+    return data.action.status !== "in-progress" && data.action;
+  });
+
+  const off = await dots.droplet.powerOffDroplet({ droplet_id: id });
+  expect(off.status).toBe(201);
+  expect(off.data.action).toMatchObject({ status: "in-progress", type: "power_off", resource_id: id, resource_type: "droplet", region_slug: "ams3" });
+  expect((await finished(off.data.action.id)).status).toBe("completed");
+  expect((await dots.droplet.getDroplet({ droplet_id: id })).data.droplet.status).toBe("off");
+
+  const resize = await dots.droplet.resizeDroplet({ droplet_id: id, size: "s-2vcpu-4gb", disk: true });
+  expect(resize.status).toBe(201);
+  expect(resize.data.action.type).toBe("resize");
+  expect((await finished(resize.data.action.id)).status).toBe("completed");
+  expect((await dots.droplet.getDroplet({ droplet_id: id })).data.droplet).toMatchObject({ size_slug: "s-2vcpu-4gb", disk: 80, status: "off" });
+
+  const on = await dots.droplet.powerOnDroplet({ droplet_id: id });
+  expect((await finished(on.data.action.id)).status).toBe("completed");
+  const shut = await dots.droplet.shutdownDroplet({ droplet_id: id });
+  expect((await finished(shut.data.action.id)).status).toBe("completed");
+  expect((await dots.droplet.getDroplet({ droplet_id: id })).data.droplet.status).toBe("off");
+
+  await expect(dots.droplet.resizeDroplet({ droplet_id: id, size: "s-64vcpu-1tb" })).rejects.toMatchObject({
+    response: { status: 422, data: { id: "unprocessable_entity", message: expect.any(String), request_id: expect.any(String) } },
+  });
+  await expect(dots.action.getAction({ action_id: 1 })).rejects.toMatchObject({ response: { status: 404, data: { id: "not_found" } } });
+});
+
+it("lists regions with availability and the sizes each offers", async () => {
+  const { data, status } = await dots.region.listRegions({ per_page: 200 });
+  expect(status).toBe(200);
+  const fra1 = data.regions.find((r) => r.slug === "fra1")!;
+  expect(fra1).toMatchObject({ name: "Frankfurt 1", available: true });
+  expect(fra1.sizes).toContain("s-1vcpu-1gb");
+  expect(data.regions.some((r) => !r.available && r.sizes.length === 0)).toBe(true);
+  const paged = await dots.region.listRegions({ per_page: 3 });
+  expect(paged.data.regions).toHaveLength(3);
+  expect(paged.data.meta?.total).toBe(data.regions.length);
+});

@@ -5,6 +5,7 @@ import { startSimulator, type Simulator } from "../sim/simulator";
 import { brokerConfig } from "../moleculer.config";
 import { ALL_SERVICES } from "../services";
 import { apiUrl, client, startNode, token, uniq, waitFor, asAdmin } from "./helpers";
+import { dropletDifferences } from "../services/inventory.service";
 
 /*
  * Drift (docs/drift.md) over real PostgreSQL and a simulator of our own. The database is shared with the other
@@ -337,6 +338,33 @@ describe("droplets", () => {
     expect((await actionRows(d.id)).map((r) => r.result)).toEqual(["rejected", "succeeded", "rejected"]);
   });
 
+  test("a droplet powered off through a droplet action and off in inventory matches; powered on behind inventory's back it is a status mismatch", async () => {
+    const d = await plant();
+    const row = await registerPlanted(d, uniq("acme"));
+    const { action } = await broker.call<any, any>("v1.inventory.dropletAction", { id: d.id, type: "power_off" }, asAdmin);
+    await waitFor(async () => (await broker.call<any, any>("v1.inventory.getAction", { id: action.id }, asAdmin)).action.status === "completed", { what: "power_off" });
+    expect((await simDroplet(d.id)).status).toBe("off");
+    // Provider off, inventory still active: a status mismatch until inventory follows.
+    expect(entry(await drift(), `mismatch:droplet:${d.id}`)?.differences).toEqual([{ field: "status", provider: "off", inventory: "active" }]);
+    await broker.call("v1.inventory.updateResource", { id: row.id, status: "off" }, asAdmin);
+    expect(entry(await drift(), `mismatch:droplet:${d.id}`)).toBeUndefined();
+
+    const on = (await broker.call<any, any>("v1.inventory.dropletAction", { id: d.id, type: "power_on" }, asAdmin)).action;
+    await waitFor(async () => (await broker.call<any, any>("v1.inventory.getAction", { id: on.id }, asAdmin)).action.status === "completed", { what: "power_on" });
+    const m = entry(await drift(), `mismatch:droplet:${d.id}`);
+    expect(m.differences).toEqual([{ field: "status", provider: "active", inventory: "off" }]);
+  });
+
+  test("dropletDifferences: off at both ends matches; any other status pair differs", () => {
+    const d = (status: string) => ({ status, size_slug: "s-1vcpu-1gb", networks: { v4: [{ ip_address: "203.0.113.9", type: "public" }], v6: [] } }) as any;
+    const r = (status: any) => ({ status, size_slug: "s-1vcpu-1gb", ipv4: "203.0.113.9" });
+    expect(dropletDifferences(d("off"), r("off"))).toEqual([]);
+    expect(dropletDifferences(d("active"), r("active"))).toEqual([]);
+    expect(dropletDifferences(d("off"), r("active"))).toEqual([{ field: "status", provider: "off", inventory: "active" }]);
+    expect(dropletDifferences(d("active"), r("off"))).toEqual([{ field: "status", provider: "active", inventory: "off" }]);
+    expect(dropletDifferences(d("new"), r("off"))).toEqual([{ field: "status", provider: "new", inventory: "off" }]);
+  });
+
   test("a mismatch: status, IP and size differ; sync copies the provider's values and re-prices", async () => {
     const d = await plant();
     const row = await registerPlanted(d, uniq("acme"));
@@ -363,7 +391,7 @@ describe("droplets", () => {
 });
 
 describe("DNS records", () => {
-  const point = (t: { deployment_id: string; tenant_id: string; slug: string }, ipv4: string): Promise<any> => broker.call("v1.dns.point", { ...t, ipv4 }, asAdmin);
+  const point = (t: { deployment_id: string; tenant_id: string; slug: string }, ipv4: string): Promise<any> => broker.call("v1.dns.point", { deployment_id: t.deployment_id, tenant_id: t.tenant_id, slug: t.slug, ipv4 }, asAdmin);
   const target = () => {
     const tenant_id = uniq("acme");
     const slug = uniq("shop");

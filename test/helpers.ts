@@ -5,6 +5,7 @@ import { brokerConfig } from "../moleculer.config";
 import { ALL_SERVICES } from "../services";
 import { mintToken } from "../bin/token";
 import { makeUser, systemUser } from "../lib/access";
+import { checkResponse } from "./openapi-check";
 
 export const uniq = (prefix = "t") => `${prefix}-${randomUUID().slice(0, 8)}`;
 export const ADMIN = systemUser("test");
@@ -55,6 +56,7 @@ export function token(opts: { tenant?: string; roles?: string[]; sub?: string; t
 export interface HttpResult<T = any> {
   status: number;
   body: T;
+  headers: Headers;
 }
 
 export async function http<T = any>(base: string, method: string, path: string, opts: { token?: string; body?: unknown; raw?: string; headers?: Record<string, string> } = {}): Promise<HttpResult<T>> {
@@ -72,7 +74,9 @@ export async function http<T = any>(base: string, method: string, path: string, 
   } catch {
     /* not JSON: left as text for the assertion to show */
   }
-  return { status: res.status, body: parsed };
+  // Every response the suite receives is held against GET /openapi.json (test/openapi-check.ts): a mismatch fails the test.
+  await checkResponse(base, method, path, res.status, res.headers.get("content-type"), parsed);
+  return { status: res.status, body: parsed, headers: res.headers };
 }
 
 /** A client bound to one base URL and token. */

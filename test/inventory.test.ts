@@ -2,7 +2,7 @@ import { randomUUID } from "node:crypto";
 import type { ServiceBroker } from "moleculer";
 import { Client } from "pg";
 import { startSimulator, type Simulator } from "../sim/simulator";
-import { apiUrl, client, startNode, token, uniq, asAdmin, asTenant, allPages } from "./helpers";
+import { apiUrl, client, startNode, token, uniq, asAdmin, asTenant, allPages, waitFor } from "./helpers";
 
 let sim: Simulator;
 let broker: ServiceBroker;
@@ -256,5 +256,268 @@ describe("GET /api/v1/inventory", () => {
       const res = await api.get(`/inventory?${q}`);
       expect([q, res.status, res.body.type]).toEqual([q, 422, "VALIDATION_ERROR"]);
     }
+  });
+});
+
+describe("droplet actions, the catalog and moves (internal actions)", () => {
+  // A node of its own: actions that stay in-progress for a while and a short catalog expiry.
+  let asim: Simulator;
+  let node: ServiceBroker;
+  const ACTION_MS = 300;
+  const TTL_MS = 400;
+  const call = (action: string, params: Record<string, unknown> = {}, opts: object = asAdmin): Promise<any> => node.call(`v1.inventory.${action}`, params, opts);
+  async function ctl(method: string, path: string, body?: unknown): Promise<any> {
+    const res = await fetch(`${asim.url}/v2/_sim/${path}`, { method, headers: { "content-type": "application/json" }, body: body === undefined ? undefined : JSON.stringify(body) });
+    const text = await res.text();
+    expect(res.ok).toBe(true);
+    return text ? JSON.parse(text) : undefined;
+  }
+  const requests = async (op: string): Promise<number> => (await ctl("GET", "state")).requests[op] ?? 0;
+  const simDroplet = async (id: number) => (await ctl("GET", "state")).droplets.find((d: any) => d.id === id);
+  const plant = async (body: Record<string, unknown> = {}) => (await ctl("POST", "droplets", { name: uniq("mv"), region: "nyc3", ...body })).droplet as { id: number; size_slug: string };
+  const until = (id: number) => waitFor(async () => {
+    const { action } = await call("getAction", { id });
+    return action.status !== "in-progress" && action;
+  }, { what: `action ${id} to end` });
+
+  beforeAll(async () => {
+    asim = await startSimulator({ port: 0, activeAfterMs: 0, actionMs: ACTION_MS });
+    node = await startNode(["inventory"], { settings: { inventory: { doApiUrl: asim.url, doBackoffMs: 5, catalogTtlMs: TTL_MS, driftCheckMs: 0 } } });
+  });
+  afterAll(async () => {
+    await node.stop();
+    await asim.close();
+  });
+  afterEach(() => ctl("DELETE", "faults"));
+
+  test("power_off then power_on: the action runs in-progress, then completes, and the droplet follows", async () => {
+    const d = await plant();
+    const { action } = await call("dropletAction", { id: d.id, type: "power_off" });
+    expect(action).toMatchObject({ id: expect.any(Number), status: "in-progress", type: "power_off", droplet_id: d.id, completed_at: null });
+    expect((await call("getAction", { id: action.id })).action.status).toBe("in-progress");
+    expect((await until(action.id)).status).toBe("completed");
+    expect((await simDroplet(d.id)).status).toBe("off");
+    const on = (await call("dropletAction", { id: d.id, type: "power_on" })).action;
+    expect((await until(on.id)).status).toBe("completed");
+    expect((await simDroplet(d.id)).status).toBe("active");
+    const shut = (await call("dropletAction", { id: String(d.id), type: "shutdown" })).action; // ids convert from strings
+    expect((await until(shut.id)).status).toBe("completed");
+    expect((await simDroplet(d.id)).status).toBe("off");
+  });
+
+  test("dropletActions finds the action a lost response started", async () => {
+    const d = await plant();
+    await ctl("POST", "faults", { operation: "droplets.actions.create", mode: "lose_response" });
+    expect(await rejection(call("dropletAction", { id: d.id, type: "power_off" }))).toMatchObject({ code: 503 });
+    const { actions } = await call("dropletActions", { id: d.id });
+    expect(actions[0]).toMatchObject({ type: "power_off", droplet_id: d.id });
+    expect((await until(actions[0].id)).status).toBe("completed");
+    expect((await simDroplet(d.id)).status).toBe("off");
+  });
+
+  test("resize of an off droplet changes its size at the provider; updateResource follows with the new price", async () => {
+    const tenant = uniq("acme");
+    const d = await plant({ status: "off", size: "s-1vcpu-1gb" });
+    const { resource } = await call("register", { external_id: String(d.id), name: uniq("web"), region: "nyc3", size_slug: "s-1vcpu-1gb", status: "off", tenant_id: tenant });
+    expect(resource.monthly_cost_cents).toBe(600);
+
+    const { action } = await call("dropletAction", { id: d.id, type: "resize", size: "s-2vcpu-4gb", disk: true });
+    expect(action).toMatchObject({ type: "resize", status: "in-progress" });
+    expect((await until(action.id)).status).toBe("completed");
+    expect(await simDroplet(d.id)).toMatchObject({ size_slug: "s-2vcpu-4gb", disk: 80 });
+
+    const seen: any[] = [];
+    const listener = node.createService({ name: uniq("listen"), events: { "inventory.updated": (ctx: any) => { seen.push(ctx.params.resource); } } });
+    try {
+      const up = await call("updateResource", { id: resource.id, size_slug: "s-2vcpu-4gb" });
+      expect(up.resource).toMatchObject({ id: resource.id, size_slug: "s-2vcpu-4gb", status: "off", monthly_cost_cents: 2400 });
+      const { rows } = await pg.query("select size_slug, monthly_cost_cents, status from cloud_resources where id = $1", [resource.id]);
+      expect(rows).toEqual([{ size_slug: "s-2vcpu-4gb", monthly_cost_cents: 2400, status: "off" }]);
+      await waitFor(async () => seen.some((r) => r.id === resource.id && r.monthly_cost_cents === 2400), { what: "inventory.updated" });
+
+      const on = await call("updateResource", { id: resource.id, status: "active" });
+      expect(on.resource).toMatchObject({ status: "active", size_slug: "s-2vcpu-4gb", monthly_cost_cents: 2400 });
+      // The same values again change nothing.
+      const { rows: [v1] } = await pg.query("select version from cloud_resources where id = $1", [resource.id]);
+      const same = await call("updateResource", { id: resource.id, status: "active", size_slug: "s-2vcpu-4gb" });
+      expect(same.resource.updated_at).toBe(on.resource.updated_at);
+      const { rows: [v2] } = await pg.query("select version from cloud_resources where id = $1", [resource.id]);
+      expect(v2.version).toBe(v1.version);
+    } finally {
+      await node.destroyService(listener);
+    }
+  });
+
+  test("updateResource refuses an unknown size, a destroyed row, a bad status; an unknown id is 404; nothing changes", async () => {
+    const tenant = uniq("acme");
+    const { resource } = await call("register", droplet(tenant));
+    const unknown = await rejection(call("updateResource", { id: resource.id, size_slug: "s-99vcpu-1tb" }));
+    expect(unknown).toMatchObject({ code: 422, type: "VALIDATION_ERROR" });
+    expect(await rejection(call("updateResource", { id: resource.id, status: "destroyed" }))).toMatchObject({ code: 422, type: "VALIDATION_ERROR" });
+    expect(await rejection(call("updateResource", { id: randomUUID(), status: "off" }))).toMatchObject({ code: 404 });
+    expect(await rejection(call("updateResource", { id: "not-a-uuid", status: "off" }))).toMatchObject({ code: 422 });
+    const { rows } = await pg.query("select size_slug, status, monthly_cost_cents from cloud_resources where id = $1", [resource.id]);
+    expect(rows).toEqual([{ size_slug: "s-1vcpu-1gb", status: "new", monthly_cost_cents: 600 }]);
+    await call("markDestroyed", { id: resource.id });
+    expect(await rejection(call("updateResource", { id: resource.id, status: "off" }))).toMatchObject({ code: 409, type: "RESOURCE_DESTROYED" });
+  });
+
+  test("dropletAction validates before asking the provider: a resize needs a known size, other types take none", async () => {
+    const d = await plant({ status: "off" });
+    const before = await requests("droplets.actions.create");
+    expect(await rejection(call("dropletAction", { id: d.id, type: "resize" }))).toMatchObject({ code: 422, type: "VALIDATION_ERROR" });
+    expect(await rejection(call("dropletAction", { id: d.id, type: "resize", size: "s-99vcpu-1tb" }))).toMatchObject({ code: 422, type: "VALIDATION_ERROR" });
+    expect(await rejection(call("dropletAction", { id: d.id, type: "power_on", size: "s-1vcpu-1gb" }))).toMatchObject({ code: 422 });
+    expect(await rejection(call("dropletAction", { id: d.id, type: "reboot" }))).toMatchObject({ code: 422 });
+    expect(await requests("droplets.actions.create")).toBe(before);
+  });
+
+  test("DO's refusals are permanent provider errors carrying DO's status: resize of a running droplet, a gone droplet, a gone action", async () => {
+    const running = await plant();
+    const e = await rejection(call("dropletAction", { id: running.id, type: "resize", size: "s-2vcpu-2gb" }));
+    expect(e).toMatchObject({ code: 502, type: "PROVIDER_ERROR", retryable: false, data: { status: 422, id: "unprocessable_entity" } });
+    expect(e.message).toMatch(/powered off/);
+    expect(await rejection(call("dropletAction", { id: 12345, type: "power_off" }))).toMatchObject({ code: 502, type: "PROVIDER_ERROR", data: { status: 404 } });
+    expect(await rejection(call("getAction", { id: 12345 }))).toMatchObject({ code: 502, type: "PROVIDER_ERROR", data: { status: 404 } });
+    expect((await simDroplet(running.id)).size_slug).toBe("s-1vcpu-1gb");
+  });
+
+  test("faults on droplets.actions.create: an error and a lost response are retryable 503s and never resent; action_errored ends errored; delay still works", async () => {
+    const d = await plant();
+    let before = await requests("droplets.actions.create");
+    await ctl("POST", "faults", { operation: "droplets.actions.create", mode: "error", status: 500 });
+    expect(await rejection(call("dropletAction", { id: d.id, type: "power_off" }))).toMatchObject({ code: 503, type: "PROVIDER_UNAVAILABLE", retryable: true });
+    expect(await requests("droplets.actions.create")).toBe(before + 1);
+    expect((await simDroplet(d.id)).locked).toBe(false);
+
+    before = await requests("droplets.actions.create");
+    await ctl("POST", "faults", { operation: "droplets.actions.create", mode: "lose_response" });
+    expect(await rejection(call("dropletAction", { id: d.id, type: "power_off" }))).toMatchObject({ code: 503, type: "PROVIDER_UNAVAILABLE", retryable: true });
+    expect(await requests("droplets.actions.create")).toBe(before + 1);
+    // It was carried out all the same: the caller settles by reading the droplet.
+    await waitFor(async () => (await call("getDroplet", { id: d.id })).droplet.status === "off", { what: "the lost power_off to land" });
+
+    await ctl("POST", "faults", { operation: "droplets.actions.create", mode: "action_errored" });
+    const errored = (await call("dropletAction", { id: d.id, type: "power_on" })).action;
+    expect(errored.status).toBe("in-progress");
+    expect((await until(errored.id)).status).toBe("errored");
+    expect((await simDroplet(d.id)).status).toBe("off");
+
+    await ctl("POST", "faults", { operation: "droplets.actions.create", mode: "delay", delay_ms: 200 });
+    const started = Date.now();
+    const slow = (await call("dropletAction", { id: d.id, type: "power_on" })).action;
+    expect(Date.now() - started).toBeGreaterThanOrEqual(190);
+    expect((await until(slow.id)).status).toBe("completed");
+    expect((await simDroplet(d.id)).status).toBe("active");
+  });
+
+  test("faults on actions.get: errors and lost responses are retried; past the retries a 503; delay still answers", async () => {
+    const d = await plant();
+    const { action } = await call("dropletAction", { id: d.id, type: "power_off" });
+    let before = await requests("actions.get");
+    await ctl("POST", "faults", { operation: "actions.get", mode: "error", status: 503, count: 2 });
+    expect((await call("getAction", { id: action.id })).action.id).toBe(action.id);
+    expect(await requests("actions.get")).toBe(before + 3);
+    before = await requests("actions.get");
+    await ctl("POST", "faults", { operation: "actions.get", mode: "lose_response" });
+    expect((await call("getAction", { id: action.id })).action.id).toBe(action.id);
+    expect(await requests("actions.get")).toBe(before + 2);
+    await ctl("POST", "faults", { operation: "actions.get", mode: "error", status: 500, count: -1 });
+    expect(await rejection(call("getAction", { id: action.id }))).toMatchObject({ code: 503, type: "PROVIDER_UNAVAILABLE", retryable: true });
+    await ctl("DELETE", "faults");
+    await ctl("POST", "faults", { operation: "actions.get", mode: "delay", delay_ms: 200 });
+    const started = Date.now();
+    expect((await call("getAction", { id: action.id })).action.id).toBe(action.id);
+    expect(Date.now() - started).toBeGreaterThanOrEqual(190);
+    expect((await until(action.id)).status).toBe("completed");
+  });
+
+  test("regions and sizes come from the provider and are cached until INVENTORY_CATALOG_TTL_MS passes", async () => {
+    const { regions } = await call("regions");
+    const nyc3 = regions.find((r: any) => r.slug === "nyc3");
+    expect(nyc3).toEqual({ slug: "nyc3", name: "New York 3", available: true, sizes: expect.arrayContaining(["s-1vcpu-1gb"]) });
+    expect(regions.some((r: any) => !r.available)).toBe(true);
+    const { sizes } = await call("sizes");
+    expect(sizes.find((s: any) => s.slug === "s-2vcpu-4gb")).toMatchObject({ price_monthly: 24, vcpus: 2, memory: 4096, regions: expect.arrayContaining(["nyc3"]) });
+
+    // Within the TTL: no further provider calls.
+    const r0 = await requests("regions.list");
+    const s0 = await requests("sizes.list");
+    await Promise.all([call("regions"), call("regions"), call("sizes"), call("sizes")]);
+    expect(await requests("regions.list")).toBe(r0);
+    expect(await requests("sizes.list")).toBe(s0);
+    // After it: fetched again (once).
+    await waitFor(async () => { await call("regions"); return (await requests("regions.list")) > r0; }, { what: "the regions cache to expire" });
+    await waitFor(async () => { await call("sizes"); return (await requests("sizes.list")) > s0; }, { what: "the sizes cache to expire" });
+    expect(await requests("regions.list")).toBe(r0 + 1);
+  });
+
+  test("the catalog and actions are a retryable 503 while the provider is down", async () => {
+    const down = await startSimulator({ port: 0, activeAfterMs: 0 });
+    const n = await startNode(["inventory"], { settings: { inventory: { doApiUrl: down.url, doBackoffMs: 1, doMaxRetries: 0, driftCheckMs: 0 } } });
+    try {
+      await down.close();
+      expect(await rejection(n.call("v1.inventory.regions", {}, asAdmin))).toMatchObject({ code: 503, type: "PROVIDER_UNAVAILABLE", retryable: true });
+      expect(await rejection(n.call("v1.inventory.sizes", {}, asAdmin))).toMatchObject({ code: 503, type: "PROVIDER_UNAVAILABLE", retryable: true });
+      expect(await rejection(n.call("v1.inventory.dropletAction", { id: 1, type: "power_on" }, asAdmin))).toMatchObject({ code: 503, type: "PROVIDER_UNAVAILABLE" });
+    } finally {
+      await n.stop();
+    }
+  });
+
+  test("forDeployment lists the deployment's live resources, oldest first", async () => {
+    const tenant = uniq("acme");
+    const dep = randomUUID();
+    const a = (await call("register", droplet(tenant, { deployment_id: dep }))).resource;
+    const b = (await call("register", droplet(tenant, { deployment_id: dep }))).resource;
+    const gone = (await call("register", droplet(tenant, { deployment_id: dep }))).resource;
+    await call("register", droplet(tenant, { deployment_id: randomUUID() }));
+    await call("markDestroyed", { id: gone.id });
+    const { resources } = await call("forDeployment", { deployment_id: dep });
+    expect(resources.map((r: any) => r.id)).toEqual([a.id, b.id]);
+    expect((await call("forDeployment", { deployment_id: randomUUID() })).resources).toEqual([]);
+    expect(await rejection(call("forDeployment", { deployment_id: "x" }))).toMatchObject({ code: 422 });
+  });
+
+  test("destroyByTag deletes the tagged droplets at the provider and marks their rows destroyed; again is a no-op", async () => {
+    const tenant = uniq("acme");
+    const tag = `deployment-${randomUUID()}`;
+    const one = await plant({ tags: [tag] });
+    const two = await plant({ tags: [tag, "other"] });
+    const keep = await plant({ tags: ["keep-me"] });
+    const r1 = (await call("register", { ...droplet(tenant), external_id: String(one.id), tags: [tag] })).resource;
+    const rKeep = (await call("register", { ...droplet(tenant), external_id: String(keep.id), tags: ["keep-me"] })).resource;
+    const res = await call("destroyByTag", { tag });
+    expect(res.droplet_ids.sort()).toEqual([one.id, two.id].sort());
+    expect(res.resources.map((r: any) => [r.id, r.status])).toEqual([[r1.id, "destroyed"]]);
+    const ids = (await ctl("GET", "state")).droplets.map((d: any) => d.id);
+    expect(ids).toContain(keep.id);
+    expect(ids).not.toContain(one.id);
+    expect(ids).not.toContain(two.id);
+    const { rows } = await pg.query("select id, status, destroyed_at is not null as gone from cloud_resources where id = any($1) order by status", [[r1.id, rKeep.id]]);
+    expect(rows).toEqual([{ id: r1.id, status: "destroyed", gone: true }, { id: rKeep.id, status: "new", gone: false }]);
+    expect(await call("destroyByTag", { tag })).toEqual({ droplet_ids: [], resources: [] });
+  });
+
+  test("destroyByTag whose delete fails is a retryable 503 and marks nothing", async () => {
+    const tenant = uniq("acme");
+    const tag = `saga-${randomUUID()}`;
+    const d = await plant({ tags: [tag] });
+    const row = (await call("register", { ...droplet(tenant), external_id: String(d.id), tags: [tag] })).resource;
+    await ctl("POST", "faults", { operation: "droplets.delete", mode: "error", status: 500, count: -1 });
+    expect(await rejection(call("destroyByTag", { tag }))).toMatchObject({ code: 503, type: "PROVIDER_UNAVAILABLE", retryable: true });
+    expect((await call("get", { id: row.id })).resource.status).not.toBe("destroyed");
+  });
+
+  test("the internal actions are for operators and services only: a tenant gets 403", async () => {
+    const tenant = uniq("acme");
+    const d = await plant();
+    for (const [action, params] of [
+      ["dropletAction", { id: d.id, type: "power_off" }], ["getAction", { id: 1 }], ["dropletActions", { id: d.id }], ["regions", {}], ["sizes", {}], ["updateResource", { id: randomUUID(), status: "off" }],
+      ["forDeployment", { deployment_id: randomUUID() }], ["destroyByTag", { tag: "x" }],
+    ] as const) {
+      expect([action, (await rejection(call(action, params, asTenant(tenant)))).code]).toEqual([action, 403]);
+    }
+    expect((await simDroplet(d.id)).locked).toBe(false);
   });
 });

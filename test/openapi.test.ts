@@ -5,7 +5,8 @@ import { apiUrl, http, startNode } from "./helpers";
 let broker: ServiceBroker;
 let base: string;
 beforeAll(async () => {
-  broker = await startNode(["api"]);
+  // Every service, so the document reads each route's access from its action's declaration.
+  broker = await startNode(["api", "deployments", "subscriptions", "inventory", "dns", "provisioning", "billing"]);
   base = apiUrl(broker);
 });
 afterAll(() => broker.stop());
@@ -40,8 +41,28 @@ test("every gateway alias is documented, and every documented operation is a rea
 test("path parameters, bodies and operator-only responses are described", async () => {
   const doc = (await http(base, "GET", "/openapi.json")).body;
   const transition = doc.paths["/api/v1/deployments/{id}/transition"].post;
-  expect(transition.parameters).toEqual([expect.objectContaining({ name: "id", in: "path", required: true })]);
+  expect(transition.parameters).toEqual([expect.objectContaining({ name: "id", in: "path", required: true }), expect.objectContaining({ name: "Idempotency-Key", in: "header" })]);
   expect(transition.requestBody.content["application/json"].schema.required).toEqual(["to_state"]);
   expect(doc.paths["/api/v1/sagas/{id}/retry"].post.responses["403"]).toBeDefined();
   expect(doc.paths["/api/v1/health"].get.security).toEqual([]);
+});
+
+test("who may call a route comes from the action's own access declaration", async () => {
+  const doc = (await http(base, "GET", "/openapi.json")).body;
+  const declared = new Map(broker.registry.getActionList({ withEndpoints: false } as any).map((a: any) => [a.name, a.action?.access]));
+  for (const [alias, action] of Object.entries({ ...PUBLIC_ALIASES, ...API_ALIASES })) {
+    const { method, path } = toOpenApi(alias);
+    expect({ alias, access: doc.paths[path][method]["x-access"] }).toEqual({ alias, access: declared.get(action) });
+  }
+  expect(doc.paths["/api/v1/dashboard/margin"].get["x-access"]).toBe("operator");
+  expect(doc.paths["/api/v1/deployments/{id}"].get["x-access"]).toBe("scoped");
+});
+
+test("the served document is a valid OpenAPI 3.1 document (checked against the specification's JSON schema)", async () => {
+  const { Validator } = await import("@seriousme/openapi-schema-validator");
+  const doc = (await http(base, "GET", "/openapi.json")).body;
+  const res = await new Validator().validate(doc);
+  expect({ valid: res.valid, errors: res.errors }).toEqual({ valid: true, errors: undefined });
+  // The validator does refuse a broken one.
+  expect((await new Validator().validate({ ...doc, paths: { "/x": { get: { responses: { "200": { content: 7 } } } } } })).valid).toBe(false);
 });

@@ -195,8 +195,8 @@ export const DriftMixin: Partial<ServiceSchema<any>> = {
   actions: {
     // ---- the provider against inventory and DNS (operators only) ----
     drift: {
+      access: "operator",
       async handler(this: any, ctx: ActionCtx<Record<string, never>>): Promise<DriftReport> {
-        requireOperator(ctx);
         const report: DriftReport = await this.computeDrift((a: string, p: Record<string, unknown>, o?: Record<string, unknown>) => ctx.call(a, p, o), emOf(ctx));
         this.setDriftGauge(report);
         return report;
@@ -205,6 +205,7 @@ export const DriftMixin: Partial<ServiceSchema<any>> = {
 
     /** Fixes one drift entry: adopt/destroy an orphan, mark a ghost destroyed, sync a mismatch. Recorded in drift_actions. */
     driftAction: {
+      access: "operator",
       params: {
         action: { type: "enum", values: DRIFT_ACTIONS },
         entry_id: { type: "string", min: 1, max: 300, optional: true },
