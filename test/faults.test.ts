@@ -1,7 +1,8 @@
 import { Client } from "pg";
-import { startSimulator, type Simulator } from "../sim/simulator";
+import { spawn, type ChildProcess } from "node:child_process";
+import path from "node:path";
 import { infraMissing, sparePort, startNats, startPostgres, type PrivateNats, type PrivatePostgres } from "./infra";
-import { ensureBuilt, killAll, spawnNode, type NodeProcess } from "./processes";
+import { ensureBuilt, killAll, spawnNode, NODE_BIN, type NodeProcess } from "./processes";
 import { token, uniq, waitFor } from "./helpers";
 
 /*
@@ -29,7 +30,8 @@ const TERMINAL = ["succeeded", "failed", "compensated", "compensation_failed"];
 const missing = infraMissing();
 let pg: PrivatePostgres;
 let nats: PrivateNats;
-let sim: Simulator;
+/** The simulator in its own process (`dist/bin/sim.js`), like every other part of the cluster. */
+let sim: { url: string; child: ChildProcess };
 let db: Client | null = null;
 let gatewayPort: number;
 let base: string;
@@ -265,7 +267,13 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
     await admin.query("create database arcadia");
     await admin.end();
     nats = await startNats();
-    sim = await startSimulator({ port: 0, activeAfterMs: BOOT_MS, rateLimit: 1_000_000 });
+    const simPort = await sparePort();
+    const simChild = spawn(NODE_BIN, [path.resolve(__dirname, "../dist/bin/sim.js")], {
+      env: { PATH: process.env.PATH ?? "", SIM_PORT: String(simPort), SIM_HOST: "127.0.0.1", SIM_ACTIVE_AFTER_MS: String(BOOT_MS), SIM_RATE_LIMIT: "1000000" },
+      stdio: "ignore",
+    });
+    sim = { url: `http://127.0.0.1:${simPort}`, child: simChild };
+    await waitFor(async () => (await fetch(`${sim.url}/v2/_sim/state`).then((r) => r.ok).catch(() => false)) || (simChild.exitCode !== null && Promise.reject(new Error("simulator exited"))), { timeoutMs: 20_000, what: "the simulator" });
     gatewayPort = await sparePort();
     base = `http://127.0.0.1:${gatewayPort}/api/v1`;
     start("services");
@@ -280,7 +288,7 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
     await db?.end().catch(() => undefined);
     await nats?.destroy().catch(() => undefined);
     pg?.destroy();
-    await sim?.close().catch(() => undefined);
+    if (sim?.child.exitCode === null) sim.child.kill("SIGKILL");
   }, 60_000);
 
   test("the cluster provisions before any fault", async () => {
