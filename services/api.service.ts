@@ -5,8 +5,8 @@ import { authConfigFromEnv, createVerifier } from "../lib/auth";
 import type { Access, User } from "../lib/access";
 import { openApiDocument } from "./api/openapi";
 import { inputLimits } from "./api/input-limits";
-import { readiness, routedServices } from "./api/ready";
-import { toClientError, unauthorized, RETRY_AFTER_S } from "../lib/errors";
+import { readiness, routedServices, watchTransporter } from "./api/ready";
+import { toClientError, unauthorized, serviceUnavailable, RETRY_AFTER_S } from "../lib/errors";
 import { IdempotencyStore } from "./api/idempotency";
 import { WriteRateLimit, recordSuccess, refuseParamsOfSchemalessAction, withIdempotency } from "./api/app-guards";
 
@@ -67,6 +67,8 @@ const ApiService: ServiceSchema<any> = {
         callOptions: { timeout: 30_000 },
         onBeforeCall(this: any, ctx: Context<unknown, Record<string, unknown>>, _route: unknown, req: Req) {
           (req as any).$startedAt = Date.now();
+          // NATS is down: answer 503 now rather than after the request timeout (services/api/ready.ts).
+          if (this.transporter?.down() && !Object.values(PUBLIC_ALIASES).includes((req as any).$action?.name)) throw serviceUnavailable("The message transport is reconnecting; retry shortly", RETRY_AFTER_S, { reason: "TRANSPORTER_DISCONNECTED" });
           this.logger.info({ request_id: ctx.requestID, method: req.method, url: req.url, action: (req as any).$action?.name }, "request");
         },
         onAfterCall(this: any, ctx: Context<unknown, Record<string, unknown>>, _route: unknown, req: Req, res: ServerResponse, data: unknown) {
@@ -114,9 +116,11 @@ const ApiService: ServiceSchema<any> = {
     });
   },
   started() {
+    this.transporter = watchTransporter(this.broker);
     this.idempotency.startSweep(Number(process.env.IDEMPOTENCY_SWEEP_MS ?? 3600_000), (err: Error) => this.logger.warn({ err: err.message }, "idempotency sweep failed"));
   },
   async stopped() {
+    this.transporter?.stop();
     await this.idempotency.close();
   },
 
@@ -143,7 +147,7 @@ const ApiService: ServiceSchema<any> = {
     ready: {
       access: "public",
       async handler(this: any, ctx: Context<unknown, { $statusCode?: number }>) {
-        const { ok, checks } = await readiness(this.broker, ctx, routedServices(API_ALIASES));
+        const { ok, checks } = await readiness(this.broker, ctx, routedServices(API_ALIASES), this.transporter?.down());
         if (!ok) {
           ctx.meta.$statusCode = 503;
           (ctx.meta as any).$responseHeaders = { "Retry-After": String(RETRY_AFTER_S) };

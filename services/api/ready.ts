@@ -27,11 +27,10 @@ export interface Readiness {
   checks: Record<string, string>;
 }
 
-export async function readiness(broker: ServiceBroker, ctx: Context, services: string[]): Promise<Readiness> {
+export async function readiness(broker: ServiceBroker, ctx: Context, services: string[], transporterDown = false): Promise<Readiness> {
   const checks: Record<string, string> = {};
   const transit = (broker as any).transit;
-  const natsClient = transit?.tx?.client;
-  const natsDown = transit && (!transit.connected || (typeof natsClient?.isClosed === "function" && natsClient.isClosed()));
+  const natsDown = transit && (!transit.connected || transporterDown);
   checks.transporter = natsDown ? "disconnected" : "ok";
   const available = new Set<string>(broker.registry.getServiceList({ onlyAvailable: true, skipInternal: true }).map((s: any) => s.fullName));
   await Promise.all(
@@ -58,4 +57,39 @@ export async function readiness(broker: ServiceBroker, ctx: Context, services: s
   if (inv === "ok") checks.provider = "ok";
   else if (inv?.startsWith("provider: ")) checks.provider = inv.slice("provider: ".length);
   return { ok: Object.values(checks).every((c) => c === "ok"), checks };
+}
+
+/**
+ * Follows the NATS connection of this node (nats.js status events): while it is disconnected, a call would
+ * sit in the client's reconnect buffer until the request timeout, so the gateway answers 503 at once instead,
+ * and /ready says "disconnected". Moleculer's own `transit.connected` stays true through a reconnect.
+ */
+export function watchTransporter(broker: ServiceBroker): { down(): boolean; stop(): void } {
+  let down = false;
+  let stopped = false;
+  let iter: AsyncIterable<{ type: string }> & { stop?: () => void } | undefined;
+  const attach = async () => {
+    // The client exists once the broker connected; a reconnect keeps the same client.
+    for (let i = 0; !stopped && i < 600; i++) {
+      const client = (broker as any).transit?.tx?.client;
+      if (client && typeof client.status === "function") {
+        iter = client.status();
+        break;
+      }
+      await new Promise((r) => setTimeout(r, 100).unref());
+    }
+    if (!iter) return;
+    for await (const s of iter) {
+      if (s.type === "disconnect" || s.type === "reconnecting") down = true;
+      else if (s.type === "reconnect") down = false;
+    }
+  };
+  if ((broker as any).transit) attach().catch(() => undefined);
+  return {
+    down: () => down || (broker as any).transit?.tx?.client?.isClosed?.() === true,
+    stop() {
+      stopped = true;
+      iter?.stop?.();
+    },
+  };
 }
