@@ -1,4 +1,5 @@
 import { defineEntity, p, type InferEntity } from "@mikro-orm/core";
+import type { RuntimeStatus } from "../lib/lifecycle";
 
 export const DEPLOYMENT_STATES = ["provisioning", "trial", "active", "paused", "past_due", "suspended", "cancelled", "archived"] as const;
 export type DeploymentState = (typeof DEPLOYMENT_STATES)[number];
@@ -21,6 +22,13 @@ export const Deployment = defineEntity({
     template_version: p.string().nullable(),
     inserted_at: p.datetime(3),
     updated_at: p.datetime(3),
+    /** Set when it enters trial: the billing clock's now + TRIAL_DAYS. */
+    trial_ends_at: p.datetime(3).nullable(),
+    /** Its droplet as the sagas last reported it (v1.deployments.setRuntime); `none` = no live droplet linked. */
+    runtime_status: p.string().$type<RuntimeStatus>(),
+    runtime_droplet_id: p.bigint("number").nullable(),
+    runtime_ipv4: p.string().nullable(),
+    runtime_hostname: p.string().nullable(),
     // Optimistic lock as a second line behind the row lock taken by transitions.
     version: p.integer().version(),
   },
@@ -44,3 +52,5 @@ export const DeploymentEvent = defineEntity({
   },
 });
 export type DeploymentEvent = InferEntity<typeof DeploymentEvent>;
+
+/** deployment_saga_requests (durable saga-start requests) is read and written with SQL: services/deployments/saga-requests.ts. */

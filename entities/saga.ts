@@ -1,16 +1,23 @@
 import { defineEntity, p, type InferEntity } from "@mikro-orm/core";
 
-export const SAGA_STATUSES = ["running", "succeeded", "compensating", "compensated", "compensation_failed"] as const;
+export const SAGA_STATUSES = ["running", "succeeded", "failed", "compensating", "compensated", "compensation_failed"] as const;
+/** A saga in one of these is done: the next saga of its deployment may run. */
+export const TERMINAL_SAGA_STATUSES = ["succeeded", "failed", "compensated", "compensation_failed"] as const;
 export type SagaStatus = (typeof SAGA_STATUSES)[number];
 export const STEP_STATUSES = ["pending", "running", "succeeded", "failed", "compensating", "compensated", "compensation_failed", "skipped"] as const;
 export type StepStatus = (typeof STEP_STATUSES)[number];
 
-/** One provisioning run. `owner_node`/`lease_until` make sure one node drives it at a time. */
+/**
+ * One saga run of some kind (provision, power_off, …). `owner_node`/`lease_until` make sure one node drives it at a
+ * time; `seq` is its place in its deployment's queue (one saga of a deployment runs at a time, in `seq` order).
+ */
 export const Saga = defineEntity({
   name: "Saga",
   tableName: "sagas",
   properties: {
     id: p.uuid().primary(),
+    kind: p.string(),
+    seq: p.bigint("number").nullable(),
     deployment_id: p.uuid(),
     tenant_id: p.string(),
     input: p.json<Record<string, any>>(),
@@ -39,6 +46,8 @@ export const SagaStep = defineEntity({
     finished_at: p.datetime(3).nullable(),
     error: p.text().nullable(),
     output: p.json<Record<string, any>>(),
+    /** What the step's undo needs (its StepResponse's compensate input); null = nothing to undo. */
+    compensate_input: p.json<Record<string, any>>().nullable(),
     compensation_attempts: p.integer(),
     compensation_error: p.text().nullable(),
     compensated_at: p.datetime(3).nullable(),

@@ -16,8 +16,12 @@ export const Subscription = defineEntity({
     current_period_start: p.datetime(3),
     current_period_end: p.datetime(3),
     trial_ends_at: p.datetime(3).nullable(),
+    // The billing clock's now when it was subscribed: a first invoice is prorated from its UTC day.
+    started_at: p.datetime(3).nullable(),
     inserted_at: p.datetime(3),
     updated_at: p.datetime(3),
+    /** The deployment event whose state `status` follows; older (re-published) events are ignored. */
+    status_event_id: p.bigint("number").nullable(),
     version: p.integer().version(),
   },
 });

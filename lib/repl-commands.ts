@@ -63,13 +63,16 @@ export const replCommands = [
   },
   {
     command: "sagas",
-    description: "List provisioning sagas (newest first)",
-    options: [{ option: "--status <status>", description: "running | succeeded | compensating | compensated | compensation_failed" }],
+    description: "List sagas of every kind (newest first)",
+    options: [
+      { option: "--status <status>", description: "running | succeeded | failed | compensating | compensated | compensation_failed" },
+      { option: "--kind <kind>", description: "provision | power_off | power_on | decommission" },
+    ],
     action: (broker: ServiceBroker, args: { options: Row }) =>
       guarded(async () => {
-        const res = await broker.call<{ items: any[] }, Row>("v1.provisioning.list", { status: args.options.status }, meta);
+        const res = await broker.call<{ items: any[] }, Row>("v1.provisioning.list", { status: args.options.status, kind: args.options.kind }, meta);
         const rows = res.items.map((s) => ({ ...s, progress: `${s.steps.filter((st: any) => st.status === "succeeded").length}/${s.steps.length}` }));
-        print(formatTable(rows, ["id", "deployment_id", "status", "progress", "started_at", "finished_at", "error"]));
+        print(formatTable(rows, ["id", "kind", "deployment_id", "status", "progress", "started_at", "finished_at", "error"]));
       }),
   },
   {
@@ -106,6 +109,32 @@ export const replCommands = [
         print(formatTable(r.items ?? [], ["tenant_id", "slug", "state", "currency", "revenue_cents", "cost_cents", "margin_cents", "margin_pct", "flags"]));
         print("totals:");
         print(formatTable(r.totals ?? [], ["currency", "revenue_cents", "cost_cents", "margin_cents", "margin_pct"]));
+      }),
+  },
+  {
+    command: "invoices",
+    description: "List invoices (newest first)",
+    options: [
+      { option: "--tenant <tenant>", description: "only this tenant" },
+      { option: "--status <status>", description: "open | paid | void" },
+      { option: "--limit <n>", description: "at most n rows (default 50)" },
+    ],
+    action: (broker: ServiceBroker, args: { options: Row }) =>
+      guarded(async () => {
+        const o = args.options;
+        const res = await broker.call<{ items: any[] }, Row>("v1.billing.listInvoices", { tenant_id: o.tenant, status: o.status, limit: o.limit ? Number(o.limit) : 50 }, meta);
+        print(formatTable(res.items.map((i) => ({ ...i, period: i.period_start.slice(0, 7), total: `${i.total_cents} ${i.currency}` })), ["id", "tenant_id", "deployment_id", "period", "total", "status", "issued_at", "due_at", "paid_at"]));
+      }),
+  },
+  {
+    command: "billing <what>",
+    description: "billing run: run billing now (period invoices, dunning, trial ends, retention) and print what it did",
+    action: (broker: ServiceBroker, args: { what: string }) =>
+      guarded(async () => {
+        if (args.what !== "run") return print("usage: billing run");
+        const r = await broker.call<any, Row>("v1.billing.run", {}, meta);
+        print(`billing run at ${r.now}: ${r.invoices_issued} invoice(s) issued, ${r.moves.length} move(s)`);
+        if (r.moves.length) print(formatTable(r.moves, ["deployment_id", "from", "to", "reason"]));
       }),
   },
   {

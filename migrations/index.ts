@@ -4,6 +4,9 @@ import { Migration20261121030000_provisioning } from "./Migration20261121030000_
 import { Migration20261121020000_perf } from "./Migration20261121020000_perf";
 import { Migration20261121040000_drift } from "./Migration20261121040000_drift";
 import { Migration20261122000000_event_publishing } from "./Migration20261122000000_event_publishing";
+import { Migration20261202002000_saga_kinds } from "./Migration20261202002000_saga_kinds";
+import { Migration20261202003000_lifecycle } from "./Migration20261202003000_lifecycle";
+import { Migration20261202005000_billing } from "./Migration20261202005000_billing";
 import { Migration20261202007000_idempotency } from "./Migration20261202007000_idempotency";
 
 /** Every migration, in order. Listed explicitly so compiled and test runs load the same set without globbing. */
@@ -14,5 +17,8 @@ export const migrationsList = [
   { name: "Migration20261121030000_provisioning", class: Migration20261121030000_provisioning },
   { name: "Migration20261121040000_drift", class: Migration20261121040000_drift },
   { name: "Migration20261122000000_event_publishing", class: Migration20261122000000_event_publishing },
+  { name: "Migration20261202002000_saga_kinds", class: Migration20261202002000_saga_kinds },
+  { name: "Migration20261202003000_lifecycle", class: Migration20261202003000_lifecycle },
+  { name: "Migration20261202005000_billing", class: Migration20261202005000_billing },
   { name: "Migration20261202007000_idempotency", class: Migration20261202007000_idempotency },
 ];

@@ -1,16 +1,48 @@
 import type { ServiceSchema } from "moleculer";
+import { LockMode } from "@mikro-orm/core";
 import { Errors } from "moleculer";
-import { requireOperator, type ActionCtx } from "../lib/access";
+import { currentUser, listTenant, visibleTo, type ActionCtx } from "../lib/access";
 import { dollarsToCents, type Balance } from "../lib/digitalocean";
 import { iso, type Page } from "../lib/dto";
+import { DbMixin, emOf } from "../lib/db";
+import { conflict, invalid, notFound } from "../lib/errors";
+import { decodeCursor, encodeCursor } from "../lib/pagination";
 import { DEPLOYMENT_STATES } from "../entities/deployment";
+import { Invoice, InvoiceLine, INVOICE_STATUSES, type InvoiceStatus } from "../entities/invoice";
 import { doClientFrom, provider } from "../lib/provider";
+import { BillingLoopMixin, type RunResult } from "./billing/loop";
+import { invoiceDto, readInvoices, type InvoiceDto } from "./billing/invoices";
+
+export type { RunResult, BillingMove } from "./billing/loop";
+export type { InvoiceDto } from "./billing/invoices";
+export interface ListInvoicesParams {
+  deployment_id?: string;
+  status?: InvoiceStatus;
+  tenant_id?: string;
+  limit?: number;
+  cursor?: string;
+}
+export interface PayParams {
+  id: string;
+  reference?: string;
+}
+export interface MoveClockParams {
+  advance_days?: number;
+  now?: string;
+}
+/** v1.billing.overdue's answer (the lifecycle's 409 PAYMENT_REQUIRED). */
+export interface OverdueResult {
+  overdue: boolean;
+  invoice_ids: string[];
+}
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+/** SPEC §4: money views count active subscriptions of deployments in these states only. */
+export const REVENUE_STATES = ["active", "past_due", "suspended"] as const;
 
 /**
- * Operator money views (SPEC §7, docs/billing.md): the provider's balance next to the platform's monthly recurring
- * revenue, and per-deployment margin (revenue − cloud cost). Billing owns no tables: everything comes from the
- * owning services' actions (`v1.subscriptions.listForRevenue`, `v1.deployments.list`, `v1.inventory.list`), called
- * with the operator's own identity, and from the provider's `GET /v2/customers/my/balance`.
+ * Billing (SPEC §4, docs/billing.md): invoices, payments, the billing clock and runs (services/billing/loop.ts), and
+ * the operator money views — the provider's balance next to the platform's monthly recurring revenue, and
+ * per-deployment margin. Subscription, deployment and inventory data come from the owning services' actions.
  */
 
 export const MARGIN_SORTS = ["margin", "margin_pct", "revenue", "cost"] as const;
@@ -56,6 +88,8 @@ export interface MarginItem {
   margin_cents: number;
   margin_pct: number | null;
   resources: number;
+  open_invoices_cents: number;
+  overdue_invoices_cents: number;
   flags: string[];
 }
 
@@ -92,6 +126,7 @@ function cents(field: string, value: unknown): number {
 const BillingService: ServiceSchema<any> = {
   name: "billing",
   version: 1,
+  mixins: [DbMixin([Invoice, InvoiceLine]), BillingLoopMixin],
   settings: {
     // DigitalOcean API root and token; default to DO_API_URL / DO_TOKEN / the embedded simulator (lib/provider.ts).
     doApiUrl: undefined,
@@ -106,10 +141,13 @@ const BillingService: ServiceSchema<any> = {
     balance: {
       access: "operator",
       async handler(this: any, ctx: ActionCtx<unknown>) {
-        const [raw, subs] = await Promise.all([
+        const [raw, all, billable] = await Promise.all([
           provider(() => this.doClient.getBalance() as Promise<Balance>),
           this.activeSubscriptions(ctx, undefined) as Promise<RevenueSubscription[]>,
+          Promise.all(REVENUE_STATES.map((state) => this.drain(ctx, "v1.deployments.list", { state, limit: PAGE }))) as Promise<DeploymentRow[][]>,
         ]);
+        const counted = new Set(billable.flat().map((d) => d.id));
+        const subs = all.filter((s) => counted.has(s.deployment_id));
         const mrr = new Map<string, { currency: string; mrr_cents: number; plans_cents: number; addons_cents: number; subscriptions: number }>();
         for (const s of subs) {
           for (const [currency, c] of monthlyCharges(s)) {
@@ -147,11 +185,13 @@ const BillingService: ServiceSchema<any> = {
       },
       async handler(this: any, ctx: ActionCtx<MarginParams>) {
         const p = ctx.params;
-        const [deployments, resources, subs] = (await Promise.all([
+        const [deployments, resources, subs, owed] = (await Promise.all([
           this.drain(ctx, "v1.deployments.list", { tenant_id: p.tenant_id, state: p.state, limit: PAGE }),
           this.drain(ctx, "v1.inventory.list", { tenant_id: p.tenant_id, limit: PAGE }),
           this.activeSubscriptions(ctx, p.tenant_id),
-        ])) as [DeploymentRow[], ResourceRow[], RevenueSubscription[]];
+          this.owedByDeployment(p.tenant_id),
+        ])) as [DeploymentRow[], ResourceRow[], RevenueSubscription[], Map<string, Map<string, { open: number; overdue: number }>>];
+        const revenueStates = new Set<string>(REVENUE_STATES);
 
         const listed = new Set(deployments.map((d) => d.id));
         // Live resources (destroyed ones are not listed) by deployment and currency; the rest is unattributed.
@@ -171,8 +211,9 @@ const BillingService: ServiceSchema<any> = {
           }
         }
         const revenue = new Map<string, { sub: RevenueSubscription; byCur: Map<string, number> }>();
+        const stateOf = new Map(deployments.map((d) => [d.id, d.state]));
         for (const s of subs) {
-          if (!listed.has(s.deployment_id)) continue;
+          if (!listed.has(s.deployment_id) || !revenueStates.has(stateOf.get(s.deployment_id)!)) continue;
           const byCur = new Map([...monthlyCharges(s)].map(([c, v]) => [c, v.plan + v.addons]));
           revenue.set(s.deployment_id, { sub: s, byCur });
         }
@@ -181,7 +222,8 @@ const BillingService: ServiceSchema<any> = {
         for (const d of deployments) {
           const rev = revenue.get(d.id);
           const costs = cost.get(d.id) ?? new Map<string, { cents: number; resources: number }>();
-          const currencies = [...new Set([...(rev?.byCur.keys() ?? []), ...costs.keys()])].sort();
+          const dues = owed.get(d.id) ?? new Map<string, { open: number; overdue: number }>();
+          const currencies = [...new Set([...(rev?.byCur.keys() ?? []), ...costs.keys(), ...dues.keys()])].sort();
           if (!currencies.length) currencies.push(DEFAULT_CURRENCY);
           const totalRevenue = [...(rev?.byCur.values() ?? [])].reduce((a, b) => a + b, 0);
           const totalCost = [...costs.values()].reduce((a, b) => a + b.cents, 0);
@@ -198,18 +240,20 @@ const BillingService: ServiceSchema<any> = {
               deployment_id: d.id, tenant_id: d.tenant_id, slug: d.slug, state: d.state,
               subscription_id: rev?.sub.subscription_id ?? null, plan_code: rev?.sub.plan_code ?? null,
               currency, revenue_cents, cost_cents, margin_cents, margin_pct: marginPct(margin_cents, revenue_cents),
-              resources: c?.resources ?? 0, flags,
+              resources: c?.resources ?? 0, open_invoices_cents: dues.get(currency)?.open ?? 0, overdue_invoices_cents: dues.get(currency)?.overdue ?? 0, flags,
             });
           }
         }
 
-        const totals = new Map<string, { currency: string; deployments: number; revenue_cents: number; cost_cents: number; margin_cents: number; margin_pct: number | null }>();
+        const totals = new Map<string, { currency: string; deployments: number; revenue_cents: number; cost_cents: number; margin_cents: number; margin_pct: number | null; open_invoices_cents: number; overdue_invoices_cents: number }>();
         for (const it of items) {
-          const t = totals.get(it.currency) ?? totals.set(it.currency, { currency: it.currency, deployments: 0, revenue_cents: 0, cost_cents: 0, margin_cents: 0, margin_pct: null }).get(it.currency)!;
+          const t = totals.get(it.currency) ?? totals.set(it.currency, { currency: it.currency, deployments: 0, revenue_cents: 0, cost_cents: 0, margin_cents: 0, margin_pct: null, open_invoices_cents: 0, overdue_invoices_cents: 0 }).get(it.currency)!;
           t.deployments++;
           t.revenue_cents += it.revenue_cents;
           t.cost_cents += it.cost_cents;
           t.margin_cents += it.margin_cents;
+          t.open_invoices_cents += it.open_invoices_cents;
+          t.overdue_invoices_cents += it.overdue_invoices_cents;
         }
         for (const t of totals.values()) t.margin_pct = marginPct(t.margin_cents, t.revenue_cents);
 
@@ -223,17 +267,164 @@ const BillingService: ServiceSchema<any> = {
       },
     },
 
-    ready: {
-      access: "public",
+    // ---- the clock ----
+    now: {
       visibility: "public",
-      handler() {
-        // Billing owns no tables (it reads through the other services), so it has no database of its own to fail.
-        return { database: true };
+      access: "internal",
+      async handler(this: any) {
+        return { now: (await this.clock.now()).toISOString() };
+      },
+    },
+    clock: {
+      access: "operator",
+      async handler(this: any, ctx: ActionCtx<unknown>) {
+        this.requireTestClock();
+        return { now: (await this.clock.now()).toISOString() };
+      },
+    },
+    moveClock: {
+      access: "operator",
+      params: {
+        advance_days: { type: "number", min: 0, max: 3660, optional: true },
+        now: { type: "string", pattern: "^\\d{4}-\\d{2}-\\d{2}T\\d{2}:\\d{2}(:\\d{2}(\\.\\d{1,3})?)?(Z|[+-]\\d{2}:\\d{2})$", optional: true, messages: { stringPattern: "'now' must be an ISO 8601 date-time with a zone, e.g. 2027-01-01T00:00:00Z" } },
+      },
+      async handler(this: any, ctx: ActionCtx<MoveClockParams>): Promise<RunResult> {
+        this.requireTestClock();
+        const p = ctx.params;
+        if ((p.advance_days === undefined) === (p.now === undefined)) throw invalid("Give exactly one of 'advance_days' and 'now'", [{ field: p.now === undefined ? "advance_days" : "now", type: "required" }]);
+        if (p.now !== undefined && Number.isNaN(Date.parse(p.now))) throw invalid("'now' is not a valid date-time", [{ field: "now", actual: p.now }]);
+        await this.clock.move(p);
+        return this.runBilling();
+      },
+    },
+    run: {
+      access: "operator",
+      async handler(this: any, ctx: ActionCtx<unknown>): Promise<RunResult> {
+        return this.runBilling();
+      },
+    },
+
+    // ---- invoices ----
+    listInvoices: {
+      access: "scoped",
+      params: {
+        deployment_id: { type: "uuid", optional: true },
+        status: { type: "enum", values: INVOICE_STATUSES, optional: true },
+        tenant_id: { type: "string", min: 1, max: 200, optional: true },
+        limit: { type: "number", integer: true, min: 1, max: 200, convert: true, optional: true },
+        cursor: { type: "string", max: 200, optional: true },
+      },
+      async handler(ctx: ActionCtx<ListInvoicesParams>): Promise<Page<InvoiceDto>> {
+        const user = currentUser(ctx);
+        const p = ctx.params;
+        const limit = p.limit ?? 50;
+        const tenant = listTenant(user, p.tenant_id);
+        if (tenant === null) return { items: [], next_cursor: null };
+        const conds: string[] = [];
+        const args: unknown[] = [];
+        if (tenant) conds.push("i.tenant_id = ?") && args.push(tenant);
+        if (p.deployment_id) conds.push("i.deployment_id = ?") && args.push(p.deployment_id);
+        if (p.status) conds.push("i.status = ?") && args.push(p.status);
+        if (p.cursor) {
+          const c = decodeCursor(p.cursor);
+          conds.push("(i.issued_at, i.id) < (?::timestamptz, ?::uuid)") && args.push(c.insertedAt.toISOString(), c.id);
+        }
+        const rows = await readInvoices(emOf(ctx), `${conds.length ? `where ${conds.join(" and ")}` : ""} order by i.issued_at desc, i.id desc limit ${limit + 1}`, args);
+        const page = rows.slice(0, limit);
+        const last = page[page.length - 1];
+        return { items: page, next_cursor: rows.length > limit && last ? encodeCursor(new Date(last.issued_at), last.id) : null };
+      },
+    },
+    getInvoice: {
+      access: "scoped",
+      params: { id: { type: "string" } },
+      async handler(this: any, ctx: ActionCtx<{ id: string }>) {
+        return { invoice: await this.visibleInvoice(ctx, ctx.params.id) };
+      },
+    },
+    pay: {
+      access: "operator",
+      params: { id: { type: "string" }, reference: { type: "string", min: 1, max: 200, optional: true } },
+      async handler(this: any, ctx: ActionCtx<PayParams>) {
+        return this.closeInvoice(ctx, ctx.params.id, "paid", ctx.params.reference ?? null);
+      },
+    },
+    voidInvoice: {
+      access: "operator",
+      params: { id: { type: "string" } },
+      async handler(this: any, ctx: ActionCtx<{ id: string }>) {
+        return this.closeInvoice(ctx, ctx.params.id, "void", null);
+      },
+    },
+    /** Internal (lifecycle): the deployment's open invoices past their due date, by the billing clock. */
+    overdue: {
+      visibility: "public",
+      access: "internal",
+      params: { deployment_id: { type: "string" } },
+      async handler(this: any, ctx: ActionCtx<{ deployment_id: string }>): Promise<OverdueResult> {
+        if (!UUID.test(ctx.params.deployment_id)) return { overdue: false, invoice_ids: [] };
+        const now: Date = await this.clock.now();
+        const rows = await this.sql("select id from invoices where deployment_id = ? and status = 'open' and due_at <= ?::timestamptz order by due_at, id", [ctx.params.deployment_id, now.toISOString()]);
+        return { overdue: rows.length > 0, invoice_ids: rows.map((r: any) => r.id) };
+      },
+    },
+    /** Internal (subscriptions, after a subscribe commits): the first invoice, prorated; none while in trial. */
+    issueInitial: {
+      visibility: "public",
+      access: "internal",
+      params: { deployment_id: { type: "uuid" } },
+      async handler(this: any, ctx: ActionCtx<{ deployment_id: string }>) {
+        return { invoice: await this.issueFirst(ctx.params.deployment_id) };
       },
     },
   },
 
   methods: {
+    requireTestClock(this: any) {
+      if (!this.clock.test) throw notFound("The billing test clock (BILLING_TEST_CLOCK=1)");
+    },
+    async visibleInvoice(this: any, ctx: ActionCtx<unknown>, id: string): Promise<InvoiceDto> {
+      const user = currentUser(ctx);
+      if (!UUID.test(id)) throw notFound("Invoice", id);
+      const [inv] = await readInvoices(emOf(ctx), "where i.id = ?", [id]);
+      if (!inv || !visibleTo(user, inv.tenant_id)) throw notFound("Invoice", id);
+      return inv;
+    },
+    /** pay / void: only an open invoice, under its row lock; then its deployment settles (a payment may restore it). */
+    async closeInvoice(this: any, ctx: ActionCtx<unknown>, id: string, status: "paid" | "void", reference: string | null) {
+      if (!UUID.test(id)) throw notFound("Invoice", id);
+      const now: Date = await this.clock.now();
+      const { invoice, eventId } = await emOf(ctx).transactional(async (tx) => {
+        const inv = await tx.findOne(Invoice, { id }, { lockMode: LockMode.PESSIMISTIC_WRITE });
+        if (!inv) throw notFound("Invoice", id);
+        if (inv.status !== "open") throw conflict(`Invoice ${id} is ${inv.status}, not open`, "INVOICE_NOT_OPEN", { id, status: inv.status });
+        inv.status = status;
+        if (status === "paid") inv.paid_at = now;
+        else inv.voided_at = now;
+        if (reference !== null) inv.payment_reference = reference;
+        await tx.flush();
+        // Once per invoice: only the one request that found it open under the lock gets here.
+        const [ev] = status === "paid" ? await tx.execute("insert into invoice_events (type, invoice_ids) values ('paid', ?::uuid[]) returning id", [`{${id}}`]) : [];
+        const lines = await tx.find(InvoiceLine, { invoice_id: id }, { orderBy: { position: "asc" } });
+        return { invoice: invoiceDto(inv, lines), eventId: ev ? Number(ev.id) : null };
+      });
+      if (eventId !== null) await this.publish("paid", [{ outbox_id: eventId, invoice }]);
+      // Nothing overdue left: past_due/suspended go back to active now rather than at the next run.
+      await this.settle(invoice.deployment_id, now, { waitMs: 3000 }).catch((err: Error) => this.logger.warn({ err: err.message, deployment_id: invoice.deployment_id }, "settle after payment left to the next run"));
+      return { invoice };
+    },
+    /** Open and overdue (by the billing clock) invoice totals per deployment and currency. */
+    async owedByDeployment(this: any, tenantId?: string): Promise<Map<string, Map<string, { open: number; overdue: number }>>> {
+      const now: Date = await this.clock.now();
+      const rows = await this.sql(
+        `select deployment_id, currency, sum(total_cents)::bigint as open, coalesce(sum(total_cents) filter (where due_at <= ?::timestamptz), 0)::bigint as overdue
+         from invoices where status = 'open' ${tenantId ? "and tenant_id = ?" : ""} group by deployment_id, currency`,
+        tenantId ? [now.toISOString(), tenantId] : [now.toISOString()],
+      );
+      const out = new Map<string, Map<string, { open: number; overdue: number }>>();
+      for (const r of rows) (out.get(r.deployment_id) ?? out.set(r.deployment_id, new Map()).get(r.deployment_id)!).set(r.currency.trim(), { open: Number(r.open), overdue: Number(r.overdue) });
+      return out;
+    },
     /** Every page of a `{items, next_cursor}` list action, called as the current (operator) user. */
     async drain(ctx: ActionCtx<unknown>, action: string, params: Record<string, unknown>): Promise<unknown[]> {
       const query = Object.fromEntries(Object.entries(params).filter(([, v]) => v !== undefined));

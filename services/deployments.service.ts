@@ -7,11 +7,13 @@ import { Deployment, DeploymentEvent, DEPLOYMENT_STATES, LLM_MODES, type Deploym
 import { DbMixin, emOf } from "../lib/db";
 import { currentUser, listTenant, systemUser, visibleTo, type ActionCtx } from "../lib/access";
 import { compensationHandler } from "../lib/compensation";
-import { conflict, invalid, invalidTransition, mapDbError, notFound } from "../lib/errors";
+import { conflict, forbidden, invalid, invalidTransition, mapDbError, notFound } from "../lib/errors";
 import { canTransition } from "../lib/lifecycle";
 import { decodeCursor, encodeCursor } from "../lib/pagination";
 import { iso, isoSql, type Page } from "../lib/dto";
 import { logFields } from "../lib/log-context";
+import { LifecycleMixin, type MoveFacts } from "./deployments/lifecycle";
+import type { SagaRequestRow } from "./deployments/saga-requests";
 import { admitCreate, existingSlugId, slugTaken } from "./deployments/admission";
 
 const SLUG = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$";
@@ -61,6 +63,8 @@ export function deploymentDto(d: Deployment) {
     template_version: d.template_version ?? null,
     inserted_at: iso(d.inserted_at),
     updated_at: iso(d.updated_at),
+    trial_ends_at: iso(d.trial_ends_at),
+    runtime: { status: d.runtime_status, droplet_id: d.runtime_droplet_id == null ? null : Number(d.runtime_droplet_id), ipv4: d.runtime_ipv4 ?? null, hostname: d.runtime_hostname ?? null },
   };
 }
 export type DeploymentDto = ReturnType<typeof deploymentDto>;
@@ -81,7 +85,7 @@ export function eventDto(e: DeploymentEvent) {
 const DeploymentsService: ServiceSchema<any> = {
   name: "deployments",
   version: 1,
-  mixins: [DbMixin([Deployment, DeploymentEvent])],
+  mixins: [DbMixin([Deployment, DeploymentEvent]), LifecycleMixin],
   settings: {
     defaultRegion: process.env.DEFAULT_REGION ?? "nyc3",
     defaultTemplate: process.env.DEFAULT_TEMPLATE ?? "arcadia-app",
@@ -110,17 +114,22 @@ const DeploymentsService: ServiceSchema<any> = {
         const tenantId = user.operator ? (p.tenant_id ?? user.tenant_id) : user.tenant_id;
         if (!tenantId) throw invalid("'tenant_id' is required for a token without a tenant", [{ field: "tenant_id", type: "required" }]);
         if (!user.operator && p.tenant_id && p.tenant_id !== user.tenant_id) throw invalid("'tenant_id' must be your own tenant", [{ field: "tenant_id" }]);
-        if (p.provision && p.state) throw invalid("'state' cannot be combined with 'provision: true' (it starts in provisioning)", [{ field: "state" }]);
+        if (p.billing_action_suspended !== undefined && !user.operator) throw forbidden("'billing_action_suspended' is set by operators only");
 
         const now = new Date();
         const state: DeploymentState = p.provision ? "provisioning" : (p.state ?? "active");
+        const id = randomUUID();
+        // With provision: true the saga's input is built before the transaction; its request commits with the row.
+        const input = p.provision ? await this.provisionInputFor(ctx, { id, tenant_id: tenantId, slug: p.slug, region: p.region ?? this.settings.defaultRegion, llm_mode: p.llm_mode ?? "shared", template_code: p.template_code ?? this.settings.defaultTemplate, template_version: p.template_version ?? null }, p.state ?? "active") : null;
+        const trialEnds = state === "trial" ? await this.trialEndsAt(ctx) : null;
         let deployment!: Deployment;
         let event!: DeploymentEvent;
+        let request: SagaRequestRow | null = null;
         try {
           await emOf(ctx).transactional(async (em) => {
             await admitCreate(em as EntityManager, tenantId, p.slug);
             deployment = em.create(Deployment, {
-              id: randomUUID(),
+              id,
               tenant_id: tenantId,
               slug: p.slug,
               display_name: p.display_name ?? p.slug,
@@ -133,10 +142,14 @@ const DeploymentsService: ServiceSchema<any> = {
               template_version: p.template_version ?? null,
               inserted_at: now,
               updated_at: now,
+              trial_ends_at: trialEnds,
+              runtime_status: "none",
             } as any);
             event = em.create(DeploymentEvent, {
               deployment_id: deployment.id, from_state: null, to_state: state, reason: "created", actor: user.sub, notes: null, occurred_at: now,
             } as any);
+            await em.flush();
+            if (input) request = await this.requestSaga(em, deployment, "provision", input, user.sub);
           });
         } catch (err) {
           const takenBy = err instanceof UniqueConstraintViolationException ? await existingSlugId(emOf(ctx), tenantId, p.slug).catch(() => null) : null;
@@ -149,14 +162,8 @@ const DeploymentsService: ServiceSchema<any> = {
           ctx.meta.$statusCode = 201;
           return { deployment: dto };
         }
-        let saga;
-        try {
-          saga = await this.startProvisioning(ctx, dto);
-        } catch (err) {
-          // No saga owns it: do not leave the deployment stuck in provisioning.
-          await this.transition(ctx, { id: dto.id, to_state: "cancelled", reason: "provisioning_unavailable", notes: (err as Error).message }, true);
-          throw new Errors.MoleculerError(`Provisioning could not start: ${(err as Error).message}`, 503, "PROVISIONING_UNAVAILABLE", { deployment_id: dto.id });
-        }
+        // No fallback: the request row owns the start now (the sweep re-sends it); nothing here may undo the saga.
+        const saga = await this.sagaOf(ctx, request!);
         ctx.meta.$statusCode = 202;
         return { deployment: dto, saga };
       },
@@ -203,7 +210,7 @@ const DeploymentsService: ServiceSchema<any> = {
           ctx.call("v1.subscriptions.forDeployment", { deployment_id: id }),
           this.sagaFor(ctx, id),
         ]);
-        return { deployment, subscription, events: events.map((e: any) => eventDto(e)), saga };
+        return { deployment, subscription, events: events.map((e: any) => eventDto(e)), saga: (await this.pendingSaga(ctx, id)) ?? saga };
       },
     },
 
@@ -246,12 +253,24 @@ const DeploymentsService: ServiceSchema<any> = {
     activateProvisioned: {
       access: "internal",
       visibility: "public",
-      params: { id: { type: "string" }, actor: { type: "string", optional: true } },
-      async handler(this: any, ctx: ActionCtx<IdParams & { actor?: string }>) {
-        return this.transition(ctx, { id: ctx.params.id, to_state: "active", reason: "provisioned", actor: ctx.params.actor }, true);
+      params: { id: { type: "string" }, actor: { type: "string", optional: true }, to_state: { type: "enum", values: ["active", "trial"], optional: true } },
+      async handler(this: any, ctx: ActionCtx<IdParams & { actor?: string; to_state?: "active" | "trial" }>) {
+        // Only out of provisioning (a repeat on the activated deployment changes nothing).
+        const d = await this.findVisible(ctx, ctx.params.id);
+        if (d.state !== "provisioning" && d.state !== (ctx.params.to_state ?? "active")) throw new Errors.MoleculerError(`Deployment ${d.id} is ${d.state}, not provisioning`, 409, "NOT_PROVISIONING", { state: d.state });
+        return this.transition(ctx, { id: ctx.params.id, to_state: ctx.params.to_state ?? "active", reason: "provisioned", actor: ctx.params.actor }, true);
       },
     },
 
+    /** Internal (billing runs): the deployments with these ids, in one query instead of pages of 200. */
+    byIds: {
+      access: "internal",
+      visibility: "public",
+      params: { ids: { type: "array", items: "uuid", max: 5000 } },
+      async handler(this: any, ctx: ActionCtx<{ ids: string[] }>): Promise<{ items: DeploymentDto[] }> {
+        return { items: ctx.params.ids.length ? await this.readDeployments(emOf(ctx), "where id = any(?::uuid[])", [`{${ctx.params.ids.join(",")}}`]) : [] };
+      },
+    },
   },
 
   events: {
@@ -280,6 +299,9 @@ const DeploymentsService: ServiceSchema<any> = {
   },
 
   methods: {
+    dto: (d: Deployment) => deploymentDto(d),
+    eventDto: (e: DeploymentEvent) => eventDto(e),
+
     async publish(ctx: ActionCtx<unknown>, name: string, payload: { deployment: DeploymentDto; event: ReturnType<typeof eventDto> }) {
       const e = payload.event;
       this.logger.info({ ...logFields(ctx), deployment_id: e.deployment_id, tenant_id: payload.deployment.tenant_id, from_state: e.from_state, to_state: e.to_state, actor: e.actor }, name);
@@ -312,9 +334,13 @@ const DeploymentsService: ServiceSchema<any> = {
      * write, and MikroORM's hydration was most of their CPU (README: Benchmarks).
      */
     async readDeployments(em: EntityManager, tail: string, args: unknown[]): Promise<DeploymentDto[]> {
-      const cols = `id, tenant_id, slug, display_name, region, state, ${isoSql("state_since")} as state_since, llm_mode, billing_action_suspended, template_code, template_version, ${isoSql("inserted_at")} as inserted_at, ${isoSql("updated_at")} as updated_at`;
+      const cols = `id, tenant_id, slug, display_name, region, state, ${isoSql("state_since")} as state_since, llm_mode, billing_action_suspended, template_code, template_version, ${isoSql("inserted_at")} as inserted_at, ${isoSql("updated_at")} as updated_at,
+        ${isoSql("trial_ends_at")} as trial_ends_at, runtime_status, runtime_droplet_id, runtime_ipv4, runtime_hostname`;
       const rows = await em.execute(`select ${cols} from deployments ${tail}`, args);
-      return rows.map((r: any) => ({ ...r, template_version: r.template_version ?? null }) as DeploymentDto);
+      return rows.map(({ runtime_status, runtime_droplet_id, runtime_ipv4, runtime_hostname, ...r }: any) => ({
+        ...r, template_version: r.template_version ?? null, trial_ends_at: r.trial_ends_at ?? null,
+        runtime: { status: runtime_status, droplet_id: runtime_droplet_id == null ? null : Number(runtime_droplet_id), ipv4: runtime_ipv4 ?? null, hostname: runtime_hostname ?? null },
+      }) as DeploymentDto);
     },
 
     /** The deployment if the caller may see it; 404 when it is absent or another tenant's. */
@@ -326,29 +352,36 @@ const DeploymentsService: ServiceSchema<any> = {
       return d;
     },
 
-    /** The state change and its event commit together under a row lock, so the event log stays a chain. */
+    /**
+     * The state change, its event and (when the move has a cloud effect) its saga request commit together under a
+     * row lock, so the event log stays a chain and no move loses its saga. Who may move (lib/move-rules.ts) needs
+     * facts from other services: they are looked up before the transaction, for the state read then; if the state
+     * changed meanwhile, it is done again.
+     */
     async transition(ctx: ActionCtx<unknown>, p: TransitionParams, bySaga: boolean) {
       const user = currentUser(ctx);
       if (!UUID.test(p.id)) throw notFound("Deployment", p.id);
-      let changed: { dto: DeploymentDto; event: ReturnType<typeof eventDto> } | null = null;
-      const result = await emOf(ctx).transactional(async (em) => {
-        const d = await em.findOne(Deployment, { id: p.id }, { lockMode: LockMode.PESSIMISTIC_WRITE });
-        if (!d || !visibleTo(user, d.tenant_id)) throw notFound("Deployment", p.id);
-        if (d.state === p.to_state) return d;
-        if (!canTransition(d.state, p.to_state, bySaga)) throw invalidTransition(d.state, p.to_state);
-        const now = new Date();
-        const event = em.create(DeploymentEvent, {
-          deployment_id: d.id, from_state: d.state, to_state: p.to_state, reason: p.reason ?? "manual", actor: (bySaga && p.actor) || user.sub, notes: p.notes ?? null, occurred_at: now,
-        } as any);
-        d.state = p.to_state;
-        d.state_since = now;
-        d.updated_at = now;
-        await em.flush();
-        changed = { dto: deploymentDto(d), event: eventDto(event) };
-        return d;
-      });
-      if (changed) await this.publish(ctx, "deployments.transitioned", { deployment: (changed as any).dto, event: (changed as any).event });
-      return { deployment: deploymentDto(result) };
+      for (let attempt = 0; ; attempt++) {
+        const seen = await this.findVisible(ctx, p.id);
+        const facts: MoveFacts = bySaga ? {} : await this.moveFacts(ctx, seen, p.to_state);
+        const trialEnds = p.to_state === "trial" && !seen.trial_ends_at ? await this.trialEndsAt(ctx) : null;
+        const moved = await emOf(ctx).transactional(async (em) => {
+          const d = await em.findOne(Deployment, { id: p.id }, { lockMode: LockMode.PESSIMISTIC_WRITE });
+          if (!d || !visibleTo(user, d.tenant_id)) throw notFound("Deployment", p.id);
+          if (d.state === p.to_state) return { d, changes: [], request: null };
+          if (!canTransition(d.state, p.to_state, bySaga)) throw invalidTransition(d.state, p.to_state);
+          if (d.state !== seen.state) return null; // the facts were for another state: look again
+          if (!bySaga) this.checkMove(d.state, p.to_state, user, facts);
+          const event = this.recordMove(em, d, p.to_state, { reason: p.reason ?? "manual", actor: (bySaga && p.actor) || user.sub, notes: p.notes ?? null });
+          if (trialEnds && !d.trial_ends_at) d.trial_ends_at = trialEnds;
+          const request = await this.requestEffect(em, d, event.from_state!, user.sub);
+          await em.flush();
+          return { d, changes: [event], request };
+        });
+        if (!moved && attempt < 5) continue;
+        if (!moved) throw conflict("The deployment was changed concurrently; retry", "CONCURRENT_UPDATE");
+        return this.afterMove(ctx, moved.d, moved.changes, moved.request);
+      }
     },
 
     /** The provisioning saga's view of a deployment; null when provisioning is not part of this cluster. */
@@ -359,10 +392,6 @@ const DeploymentsService: ServiceSchema<any> = {
         if (err instanceof Errors.ServiceNotFoundError) return null;
         throw err;
       }
-    },
-
-    async startProvisioning(ctx: ActionCtx<unknown>, deployment: DeploymentDto) {
-      return ctx.call("v1.provisioning.start", { deployment_id: deployment.id, tenant_id: deployment.tenant_id, slug: deployment.slug, region: deployment.region, requested_by: currentUser(ctx).sub });
     },
   },
 };

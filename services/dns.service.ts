@@ -150,6 +150,23 @@ const DnsService: ServiceSchema<any> = {
       },
     },
 
+    /**
+     * Decommission (SPEC §2 archived): the deployment's A record goes, at the provider (looked up by name: ours by
+     * id or by our address) and here. Idempotent: a deployment without a record, or one already gone, is a no-op.
+     */
+    remove: {
+      visibility: "public",
+      access: "internal",
+      params: { deployment_id: UUID_PARAM },
+      async handler(this: any, ctx: ActionCtx<DeploymentRefParams>) {
+        const user = currentUser(ctx);
+        const row = await emOf(ctx).fork().findOne(DnsRecord, { deployment_id: ctx.params.deployment_id });
+        if (row && !visibleTo(user, row.tenant_id)) throw notFound("DNS record of deployment", ctx.params.deployment_id);
+        if (!row) return { dns_record: null, changed: false };
+        return this.serial(row.fqdn, () => this.remove(ctx, ctx.params.deployment_id));
+      },
+    },
+
     get: {
       access: "scoped",
       visibility: "public",
@@ -174,7 +191,6 @@ const DnsService: ServiceSchema<any> = {
         return { domain: this.domain, items: rows.map(dnsRecordDto) };
       },
     },
-
   },
 
   events: {
@@ -274,6 +290,21 @@ const DnsService: ServiceSchema<any> = {
       });
       const dto = dnsRecordDto(saved);
       ctx.emit("dns.reverted", { dns_record: dto });
+      return { dns_record: dto, changed: true };
+    },
+
+    async remove(ctx: ActionCtx<DeploymentRefParams>, deploymentId: string) {
+      const client: DigitalOceanClient = this.doClient;
+      const row = await emOf(ctx).fork().findOne(DnsRecord, { deployment_id: deploymentId });
+      if (!row) return { dns_record: null, changed: false };
+      const found = await provider(() => client.listDomainRecords(row.domain, { type: "A", name: row.fqdn }));
+      for (const r of found.filter((r) => r.id === Number(row.provider_record_id) || r.data === row.data))
+        await provider(() => client.deleteDomainRecord(row.domain, r.id)); // 404: already gone, fine
+      const dto = dnsRecordDto(row);
+      await emOf(ctx).fork().transactional(async (tx) => {
+        await (tx as EntityManager).nativeDelete(DnsRecord, { deployment_id: deploymentId });
+      });
+      ctx.emit("dns.removed", { dns_record: dto });
       return { dns_record: dto, changed: true };
     },
 

@@ -15,6 +15,7 @@ import { compensationHandler } from "../lib/compensation";
 import { dropletDto, resourceDto, UUID, UUID_PARAM, type ResourceDto } from "./inventory/common";
 import { DriftMixin } from "./inventory/drift";
 import { ProviderActionsMixin } from "./inventory/provider-actions";
+import { restoreDroplets, type DropletSnapshot } from "./inventory/restore";
 
 // Shared DTOs (services/inventory/common.ts) and the drift feature's exports (services/inventory/drift.ts), re-exported from here.
 export { dropletDto, resourceDto, type ResourceDto } from "./inventory/common";
@@ -320,6 +321,8 @@ const InventoryService: ServiceSchema<any> = {
         if (ref) await ctx.call("v1.inventory.markDestroyed", ref, { meta }).catch(ignoreAbsent);
       } else if (req.op === "unlink") {
         if (ref) await ctx.call("v1.inventory.unlink", { ...ref, deployment_id: req.deployment_id }, { meta }).catch(ignoreAbsent);
+      } else if (req.op === "restoreDroplets") {
+        await restoreDroplets.call(this, req.droplets as DropletSnapshot[], ctx); // a resize saga's undo
       } else {
         throw new Error(`unknown inventory compensation '${req.op}'`);
       }

@@ -1,138 +1,100 @@
+import { randomUUID } from "node:crypto";
 import type { ServiceSchema } from "moleculer";
-import { Saga, SagaStep, CompensationRequest, type SagaStatus, type StepStatus } from "../entities/saga";
+import { Saga, SagaStep, CompensationRequest, SAGA_STATUSES, type SagaStatus, type StepStatus } from "../entities/saga";
 import { DbMixin } from "../lib/db";
-import { currentUser, requireOperator, visibleTo, type ActionCtx } from "../lib/access";
-import { conflict, notFound } from "../lib/errors";
-import { SagaEngine, PermanentStepError, isTransient, sagaDto, type StepDef, type StepContext, type EngineSettings } from "./provisioning/engine";
+import { currentUser, visibleTo, type ActionCtx } from "../lib/access";
+import { conflict, invalid, notFound } from "../lib/errors";
+import { SagaEngine, sagaDto, type EngineSettings, type SagaKind, type StartParams } from "./provisioning/engine";
+import { KINDS, type KindEnv } from "./provisioning/kinds";
 
 /*
- * The provisioning saga (SPEC §6). Each step names the action it calls forward and the owning service that
- * undoes it when a later step fails; compensation runs in reverse order. Design notes: ./provisioning/README.md.
- *
- *   step                        forward action                     compensation (event → owner)
- *   mark_deployment_provisioning v1.deployments.markProvisioning   deployments: cancel (→ cancelled)
- *   create_droplet              v1.inventory.createDroplet         inventory: destroyDroplets (by saga tag)
- *   wait_droplet_active         v1.inventory.getDroplet            — (the droplet goes with create_droplet)
- *   register_inventory          v1.inventory.register              inventory: markDestroyed
- *   link_deployment_resource    v1.inventory.link                  inventory: unlink
- *   point_deployment_dns        v1.dns.point                       dns: revert
- *   activate_deployment         v1.deployments.activateProvisioned —
+ * The saga orchestrator (SPEC §7): one engine (./provisioning/engine.ts) drives every kind; each kind is a list of
+ * steps in ./provisioning/kinds/ (provision, power_off, power_on, decommission), every step holding its forward call
+ * and its undo side by side. Design notes: ./provisioning/README.md.
  */
-export const STEPS: StepDef[] = [
-  { name: "mark_deployment_provisioning", forward: "v1.deployments.markProvisioning", compensation: { owner: "deployments", op: "cancel" },
-    run: async ({ call, saga }) => (await call("v1.deployments.markProvisioning", { id: saga.deployment_id }), {}) },
-  { name: "create_droplet", forward: "v1.inventory.createDroplet", compensation: { owner: "inventory", op: "destroyDroplets" },
-    run: createDroplet },
-  { name: "wait_droplet_active", forward: "v1.inventory.getDroplet",
-    run: waitDropletActive },
-  { name: "register_inventory", forward: "v1.inventory.register", compensation: { owner: "inventory", op: "markDestroyed" },
-    run: async ({ call, saga, outputs }) => {
-      const d = outputs.create_droplet, a = outputs.wait_droplet_active;
-      const { resource } = await call("v1.inventory.register", { external_id: String(d.droplet_id), name: d.name, region: saga.input.region, size_slug: saga.input.size,
-        ipv4: a.ipv4, status: "active", tags: [d.tag], tenant_id: saga.tenant_id, saga_id: saga.id });
-      return { resource_id: resource.id, monthly_cost_cents: resource.monthly_cost_cents };
-    } },
-  { name: "link_deployment_resource", forward: "v1.inventory.link", compensation: { owner: "inventory", op: "unlink" },
-    run: async ({ call, saga, outputs }) => (await call("v1.inventory.link", { id: outputs.register_inventory.resource_id, deployment_id: saga.deployment_id }), {}) },
-  { name: "point_deployment_dns", forward: "v1.dns.point", compensation: { owner: "dns", op: "revert" },
-    run: async ({ call, saga, outputs }) => {
-      const { dns_record } = await call("v1.dns.point", { deployment_id: saga.deployment_id, tenant_id: saga.tenant_id, slug: saga.input.slug, ipv4: outputs.wait_droplet_active.ipv4 });
-      return { fqdn: dns_record.fqdn, record_id: dns_record.provider_record_id, ipv4: dns_record.data };
-    } },
-  { name: "activate_deployment", forward: "v1.deployments.activateProvisioned",
-    run: async ({ call, saga }) => (await call("v1.deployments.activateProvisioned", { id: saga.deployment_id, actor: saga.input.requested_by }), {}) },
-];
+export { KINDS };
+export const STEPS = KINDS.find((k) => k.kind === "provision")!.steps;
+export type { SagaDto, StartParams } from "./provisioning/engine";
 
-/** Provider has no idempotency key: the intent (tag) is recorded first, and the tag is asked before any create. */
-async function createDroplet({ call, saga, recordIntent }: StepContext) {
-  const tag = `saga-${saga.id}`;
-  const name = `${saga.input.slug}-${saga.id.slice(0, 8)}`;
-  await recordIntent({ tag, name });
-  const adopt = async () => {
-    const kept = await settleTag(call, tag);
-    return kept === null ? null : { tag, name, droplet_id: kept, adopted: true };
-  };
-  const found = await adopt();
-  if (found) return found;
-  try {
-    const { droplet } = await call("v1.inventory.createDroplet", { name, region: saga.input.region, size: saga.input.size, image: saga.input.image, tags: [tag] });
-    return { tag, name, droplet_id: droplet.id };
-  } catch (err) {
-    // In doubt (e.g. the response was lost): the provider decides whether the droplet exists.
-    if (isTransient(err)) {
-      const settled = await adopt();
-      if (settled) return settled;
-    }
-    throw err;
-  }
-}
-
-/**
- * The droplets under a saga's tag, settled to one: `keep` (or, without it, the oldest) stays, any other is a
- * duplicate and goes. Null when the tag has none. A create sent by a node that then died can land after the
- * resumed node looked the tag up, so the wait step settles the tag again once its droplet is active.
- */
-async function settleTag(call: StepContext["call"], tag: string, keep?: number): Promise<number | null> {
-  const { droplets } = await call("v1.inventory.dropletsByTag", { tag });
-  if (!droplets.length) return null;
-  const kept = keep ?? Math.min(...droplets.map((d: { id: number }) => d.id));
-  for (const d of droplets) if (d.id !== kept) await call("v1.inventory.destroyDroplet", { id: d.id });
-  return kept;
-}
-
-async function waitDropletActive({ call, outputs, step, settings, heartbeat, sleep }: StepContext) {
-  const id = outputs.create_droplet.droplet_id;
-  const since = (step.started_at ?? new Date()).getTime();
-  for (;;) {
-    try {
-      const { droplet } = await call("v1.inventory.getDroplet", { id });
-      if (droplet.status === "active" && droplet.ipv4) {
-        await settleTag(call, outputs.create_droplet.tag, id);
-        return { status: droplet.status, ipv4: droplet.ipv4 };
-      }
-    } catch (err) {
-      if (!isTransient(err)) throw err;
-    }
-    if (Date.now() - since > settings.activeTimeoutMs) throw new PermanentStepError(`droplet ${id} not active after ${settings.activeTimeoutMs} ms`);
-    await heartbeat();
-    await sleep(settings.pollMs);
-  }
-}
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+const UUID_PARAM = { type: "string", pattern: UUID.source, messages: { stringPattern: "'{field}' must be a UUID" } };
 
 const num = (v: string | undefined, d: number) => (v === undefined || v === "" ? d : Number(v));
 
-/** Read when the service starts, not when the module loads: bin/start.ts adjusts some for the embedded simulator. */
-function engineSettings(overrides: Partial<EngineSettings>, env = process.env): EngineSettings {
+/**
+ * Read when the service starts, not when the module loads: bin/start.ts adjusts some for the embedded simulator.
+ * One flat settings object (tests set it per broker) feeds the engine's settings and the kinds' environment.
+ */
+function settingsOf(overrides: Record<string, any>, env = process.env): { engine: EngineSettings; kinds: KindEnv } {
+  const pollMs = overrides.pollMs ?? num(env.PROVISION_POLL_MS, 1_000);
   return {
-    leaseMs: num(env.PROVISION_LEASE_MS, 15_000),
-    sweepMs: num(env.PROVISION_SWEEP_MS, 5_000),
-    maxConcurrent: num(env.PROVISION_CONCURRENCY, 100),
-    stepMaxAttempts: num(env.PROVISION_STEP_MAX_ATTEMPTS, 5),
-    backoffMs: num(env.PROVISION_BACKOFF_MS, 500),
-    activeTimeoutMs: num(env.PROVISION_ACTIVE_TIMEOUT_MS, 180_000),
-    pollMs: num(env.PROVISION_POLL_MS, 1_000),
-    compensationMaxAttempts: num(env.COMPENSATION_MAX_ATTEMPTS, 5),
-    compensationAckTimeoutMs: num(env.COMPENSATION_ACK_TIMEOUT_MS, 10_000),
-    dropletSize: env.DO_DEFAULT_SIZE ?? "s-1vcpu-1gb",
-    dropletImage: env.DO_DEFAULT_IMAGE ?? "ubuntu-24-04-x64",
-    ...overrides,
+    engine: {
+      leaseMs: overrides.leaseMs ?? num(env.PROVISION_LEASE_MS, 15_000),
+      sweepMs: overrides.sweepMs ?? num(env.PROVISION_SWEEP_MS, 5_000),
+      maxConcurrent: overrides.maxConcurrent ?? num(env.PROVISION_CONCURRENCY, 100),
+      stepMaxAttempts: overrides.stepMaxAttempts ?? num(env.PROVISION_STEP_MAX_ATTEMPTS, 5),
+      backoffMs: overrides.backoffMs ?? num(env.PROVISION_BACKOFF_MS, 500),
+      pollMs,
+      compensationMaxAttempts: overrides.compensationMaxAttempts ?? num(env.COMPENSATION_MAX_ATTEMPTS, 5),
+      compensationAckTimeoutMs: overrides.compensationAckTimeoutMs ?? num(env.COMPENSATION_ACK_TIMEOUT_MS, 10_000),
+    },
+    kinds: {
+      activeTimeoutMs: overrides.activeTimeoutMs ?? num(env.PROVISION_ACTIVE_TIMEOUT_MS, 180_000),
+      pollMs,
+      actionTimeoutMs: overrides.actionTimeoutMs ?? num(env.PROVISION_ACTION_TIMEOUT_MS, 120_000),
+      defaultSize: overrides.defaultSize ?? env.DO_DEFAULT_SIZE ?? "s-1vcpu-1gb",
+      defaultImage: overrides.defaultImage ?? env.DO_DEFAULT_IMAGE ?? "ubuntu-24-04-x64",
+    },
   };
+}
+
+interface LegacyStart {
+  slug?: string;
+  region?: string;
+}
+interface ListParams {
+  status?: SagaStatus;
+  kind?: string;
+  deployment_id?: string;
+  tenant_id?: string;
+  limit?: number;
+  cursor?: string;
 }
 
 const ProvisioningService: ServiceSchema<any> = {
   name: "provisioning",
   version: 1,
   mixins: [DbMixin([Saga, SagaStep, CompensationRequest])],
-  // Overrides of the environment's values (see engineSettings); tests set them per broker.
+  // Overrides of the environment's values (see settingsOf); tests set them per broker. `kinds`: extra SagaKinds.
   settings: {},
 
   actions: {
+    /**
+     * Starts a saga (COMMON contract): idempotent by `id` — a repeat returns the saga as it is — and held until
+     * every older saga of the deployment is finished. Callers that still send the first version's shape (no `id`:
+     * `{deployment_id, tenant_id, slug, region, requested_by}`) get a provision saga and the bare SagaDto back.
+     */
     start: {
+      // Scoped: deployments asks on behalf of the caller; a tenant may only start its own tenant's sagas.
       access: "scoped",
       visibility: "public",
-      params: { deployment_id: "uuid", tenant_id: "string", slug: "string", region: "string", requested_by: { type: "string", optional: true } },
-      async handler(this: any, ctx: ActionCtx<{ deployment_id: string; tenant_id: string; slug: string; region: string; requested_by?: string }>) {
-        return this.engine.create(ctx.params, ctx.requestID);
+      params: {
+        id: { ...UUID_PARAM, optional: true },
+        kind: { type: "string", min: 1, max: 64, optional: true },
+        deployment_id: UUID_PARAM,
+        tenant_id: { type: "string", min: 1, max: 200 },
+        input: { type: "object", optional: true },
+        requested_by: { type: "string", optional: true },
+        slug: { type: "string", optional: true },
+        region: { type: "string", optional: true },
+      },
+      async handler(this: any, ctx: ActionCtx<Partial<StartParams> & LegacyStart & { deployment_id: string; tenant_id: string }>) {
+        const p = ctx.params;
+        if (!visibleTo(currentUser(ctx), p.tenant_id)) throw invalid("'tenant_id' must be your own tenant", [{ field: "tenant_id" }]);
+        const legacy = !p.id;
+        const input = { ...(p.input ?? {}), ...(p.slug ? { slug: p.slug } : {}), ...(p.region ? { region: p.region } : {}) };
+        const saga = await this.engine.create({ id: p.id ?? randomUUID(), kind: p.kind ?? "provision", deployment_id: p.deployment_id, tenant_id: p.tenant_id, input, requested_by: p.requested_by }, ctx.requestID);
+        return legacy ? saga : { saga };
       },
     },
     get: {
@@ -142,25 +104,35 @@ const ProvisioningService: ServiceSchema<any> = {
         return { saga: await this.visibleSaga(ctx, ctx.params.id) };
       },
     },
+    /** Operators: a compensation_failed saga compensates again, a failed one runs again (202); else 409. */
     retry: {
       access: "operator",
       params: { id: "string" },
       async handler(this: any, ctx: ActionCtx<{ id: string }>) {
         const saga = await this.visibleSaga(ctx, ctx.params.id);
-        if (!(await this.engine.retry(saga.id))) throw conflict(`Saga ${saga.id} is ${saga.status}; only compensation_failed sagas can be retried`, "SAGA_NOT_RETRYABLE", { status: saga.status });
+        if (!(await this.engine.retry(saga.id)))
+          throw conflict(`Saga ${saga.id} is ${saga.status}; only failed and compensation_failed sagas can be retried`, "SAGA_NOT_RETRYABLE", { status: saga.status });
         ctx.meta.$statusCode = 202;
         return { saga: await this.visibleSaga(ctx, saga.id) };
       },
     },
-    /** Operators' overview (REPL `sagas`): newest first, optionally by status. */
+    /** GET /sagas (operators; REPL `sagas`): newest first, keyset cursor, filters. */
     list: {
       access: "operator",
-      visibility: "public",
-      params: { status: { type: "enum", values: ["running", "succeeded", "compensating", "compensated", "compensation_failed"], optional: true }, limit: { type: "number", integer: true, min: 1, max: 200, convert: true, optional: true } },
-      async handler(this: any, ctx: ActionCtx<{ status?: SagaStatus; limit?: number }>) {
-        return { items: await this.engine.list(ctx.params.status, ctx.params.limit ?? 50), next_cursor: null };
+      params: {
+        status: { type: "enum", values: SAGA_STATUSES, optional: true },
+        kind: { type: "string", min: 1, max: 64, optional: true },
+        deployment_id: { ...UUID_PARAM, optional: true },
+        tenant_id: { type: "string", min: 1, max: 200, optional: true },
+        limit: { type: "number", integer: true, min: 1, max: 200, convert: true, optional: true },
+        cursor: { type: "string", max: 200, optional: true },
+      },
+      async handler(this: any, ctx: ActionCtx<ListParams>) {
+        const { limit, cursor, ...filters } = ctx.params;
+        return this.engine.list({ ...filters, limit: limit ?? 50, cursor: cursor || undefined });
       },
     },
+    /** The deployment's newest saga (any kind), or null. */
     forDeployment: {
       access: "scoped",
       visibility: "public",
@@ -203,7 +175,9 @@ const ProvisioningService: ServiceSchema<any> = {
     };
   },
   async started() {
-    this.engine = new SagaEngine(this.broker, () => this.orm, STEPS, engineSettings(this.settings), this.logger, this.metricsSink);
+    const { engine, kinds } = settingsOf(this.settings);
+    const extra: SagaKind<KindEnv>[] = this.settings.kinds ?? [];
+    this.engine = new SagaEngine<KindEnv>(this.broker, () => this.orm, [...KINDS, ...extra], engine, kinds, this.logger, this.metricsSink);
     this.engine.start();
   },
   async stopped() {

@@ -1,14 +1,38 @@
 import { randomUUID } from "node:crypto";
 import { LockMode } from "@mikro-orm/core";
-import type { ServiceSchema } from "moleculer";
+import { Errors, type ServiceSchema } from "moleculer";
 import type { EntityManager } from "@mikro-orm/postgresql";
 import { Addon, Plan, PlanVersion } from "../entities/catalog";
 import { Subscription, SubscriptionAddon, SubscriptionChange } from "../entities/subscription";
 import { DbMixin, emOf } from "../lib/db";
-import { currentUser, requireOperator, visibleTo, type ActionCtx } from "../lib/access";
+import { currentUser, systemUser, visibleTo, type ActionCtx } from "../lib/access";
 import { conflict, invalid, mapDbError, notFound } from "../lib/errors";
-import { iso, isoSql } from "../lib/dto";
+import { iso, isoSql, type Page } from "../lib/dto";
+import { subscriptionStatusFor } from "../lib/lifecycle";
 import type { DeploymentDto } from "./deployments.service";
+import { SubscriptionStatusMixin } from "./subscriptions/status";
+
+/** What billing is told of a subscription (v1.subscriptions.billable). */
+export interface BillableSubscription {
+  subscription_id: string;
+  deployment_id: string;
+  tenant_id: string;
+  status: string;
+  plan_code: string;
+  plan_name: string;
+  plan_version: { id: string; version: number; price_cents: number; currency: string };
+  addons: { code: string; name: string; unit_price_cents: number; currency: string; qty: number }[];
+  /** Billing-clock time of subscribing (null for subscriptions older than billing). */
+  started_at: string | null;
+  current_period_start: string;
+  inserted_at: string;
+}
+export interface BillableParams {
+  statuses?: ("active" | "paused" | "cancelled")[];
+  deployment_ids?: string[];
+  limit?: number;
+  cursor?: string;
+}
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 const CODE = { type: "string", pattern: "^[a-z0-9][a-z0-9_-]{0,62}$", messages: { stringPattern: "'{field}' must be a lowercase code (a-z, 0-9, '_', '-')" } };
@@ -65,7 +89,7 @@ const addonDto = (a: Addon) => ({ code: a.code, name: a.name, unit_price_cents: 
 const SubscriptionsService: ServiceSchema<any> = {
   name: "subscriptions",
   version: 1,
-  mixins: [DbMixin([Plan, PlanVersion, Addon, Subscription, SubscriptionAddon, SubscriptionChange])],
+  mixins: [DbMixin([Plan, PlanVersion, Addon, Subscription, SubscriptionAddon, SubscriptionChange]), SubscriptionStatusMixin],
 
   actions: {
     // ---- catalog ----
@@ -167,27 +191,30 @@ const SubscriptionsService: ServiceSchema<any> = {
       },
       async handler(this: any, ctx: ActionCtx<SubscribeParams>) {
         const user = currentUser(ctx);
-        const deployment = await this.deploymentFor(ctx, ctx.params.id);
+        const deployment = await this.billableDeployment(ctx, ctx.params.id);
         const p = ctx.params;
         const codes = (p.addons ?? []).map((a) => a.code);
         if (new Set(codes).size !== codes.length) throw invalid("Each addon may appear once in 'addons'", [{ field: "addons" }]);
         const now = new Date();
-        const period = currentMonthUtc(now);
+        const billingNow = await this.billingNow(ctx);
+        const period = currentMonthUtc(billingNow);
         const em = emOf(ctx);
         try {
           const sub = await em.transactional(async (tx) => {
             const version = await this.newestVersion(tx, p.plan_code);
             const addons = await this.addonsByCode(tx, codes);
             const s = tx.create(Subscription, {
-              id: randomUUID(), deployment_id: deployment.id, tenant_id: deployment.tenant_id, plan_code: version.plan_code, plan_version_id: version.id, status: "active",
+              id: randomUUID(), deployment_id: deployment.id, tenant_id: deployment.tenant_id, plan_code: version.plan_code, plan_version_id: version.id, status: subscriptionStatusFor(deployment.state) ?? "active",
               current_period_start: period.start, current_period_end: period.end,
-              trial_ends_at: deployment.state === "trial" ? period.end : null, inserted_at: now, updated_at: now,
+              trial_ends_at: deployment.state === "trial" ? (deployment.trial_ends_at ? new Date(deployment.trial_ends_at) : period.end) : null, started_at: billingNow, inserted_at: now, updated_at: now,
             } as any);
             for (const a of p.addons ?? []) this.snapshotAddon(tx, s.id, addons.get(a.code)!, a.qty, now);
             tx.create(SubscriptionChange, { id: randomUUID(), subscription_id: s.id, from_plan_version_id: null, to_plan_version_id: version.id, actor: user.sub, occurred_at: now });
             await tx.flush();
             return s;
           });
+          // Billing issues the first invoice; a lost call loses nothing (every billing run issues missing ones).
+          await this.broker.call("v1.billing.issueInitial", { deployment_id: deployment.id }, { meta: { user: systemUser("subscriptions") }, requestID: ctx.requestID ?? undefined }).catch((err: Error) => this.logger.warn({ err: err.message, deployment_id: deployment.id }, "first invoice left to the next billing run"));
           ctx.meta.$statusCode = 201;
           return { subscription: await this.subscriptionDto(em, sub) };
         } catch (err) {
@@ -199,7 +226,7 @@ const SubscriptionsService: ServiceSchema<any> = {
       access: "scoped",
       params: { id: { type: "string" }, code: { type: "string", min: 1, max: 64 }, qty: { ...QTY, optional: true } },
       async handler(this: any, ctx: ActionCtx<AttachAddonParams>) {
-        await this.deploymentFor(ctx, ctx.params.id);
+        await this.billableDeployment(ctx, ctx.params.id);
         const p = ctx.params;
         const em = emOf(ctx);
         const sub = await this.subscriptionOf(em, ctx.params.id);
@@ -219,7 +246,7 @@ const SubscriptionsService: ServiceSchema<any> = {
       params: { id: { type: "string" }, plan_code: { type: "string", min: 1, max: 64, optional: true }, version: { type: "number", integer: true, min: 1, optional: true } },
       async handler(this: any, ctx: ActionCtx<ChangePlanParams>) {
         const user = currentUser(ctx);
-        await this.deploymentFor(ctx, ctx.params.id);
+        await this.billableDeployment(ctx, ctx.params.id);
         const p = ctx.params;
         if (p.plan_code === undefined && p.version === undefined) throw invalid("Give 'plan_code' and/or 'version'");
         const em = emOf(ctx);
@@ -302,9 +329,63 @@ const SubscriptionsService: ServiceSchema<any> = {
         return { items, next_cursor: rows.length > limit && page.length ? page[page.length - 1].id : null };
       },
     },
+    /** Internal (billing): subscriptions with their plan version price and addon snapshots, in one query per page. */
+    billable: {
+      visibility: "public",
+      access: "internal",
+      params: {
+        statuses: { type: "array", items: { type: "enum", values: ["active", "paused", "cancelled"] }, optional: true },
+        deployment_ids: { type: "array", items: "uuid", max: 1000, optional: true },
+        limit: { type: "number", integer: true, min: 1, max: 5000, optional: true },
+        cursor: { type: "uuid", optional: true },
+      },
+      async handler(ctx: ActionCtx<BillableParams>): Promise<Page<BillableSubscription>> {
+        const p = ctx.params;
+        const limit = p.limit ?? 1000;
+        const conds = ["s.status = any(?::text[])"];
+        const args: unknown[] = [`{${(p.statuses ?? ["active"]).join(",")}}`];
+        if (p.deployment_ids) conds.push("s.deployment_id = any(?::uuid[])") && args.push(`{${p.deployment_ids.join(",")}}`);
+        if (p.cursor) conds.push("s.id > ?") && args.push(p.cursor);
+        const rows = await emOf(ctx).getConnection().execute(
+          `select s.id as subscription_id, s.deployment_id, s.tenant_id, s.status, s.plan_code, pl.name as plan_name,
+             json_build_object('id', v.id, 'version', v.version, 'price_cents', v.price_cents, 'currency', v.currency) as plan_version,
+             (select coalesce(json_agg(json_build_object('code', a.addon_code, 'name', ad.name, 'unit_price_cents', a.unit_price_cents, 'currency', a.currency, 'qty', a.qty) order by a.attached_at, a.addon_code), '[]')
+                from subscription_addons a join addons ad on ad.code = a.addon_code where a.subscription_id = s.id) as addons,
+             ${isoSql("s.started_at")} as started_at, ${isoSql("s.current_period_start")} as current_period_start, ${isoSql("s.inserted_at")} as inserted_at
+           from subscriptions s join plan_versions v on v.id = s.plan_version_id join plans pl on pl.code = v.plan_code
+           where ${conds.join(" and ")} order by s.id limit ${limit + 1}`,
+          args,
+        );
+        const page = rows.slice(0, limit) as BillableSubscription[];
+        return { items: page, next_cursor: rows.length > limit ? page[page.length - 1].subscription_id : null };
+      },
+    },
+    /** Internal (billing): subscriptions whose period has ended move to the billing clock's current month. */
+    advancePeriods: {
+      visibility: "public",
+      access: "internal",
+      params: { now: { type: "string" } },
+      async handler(ctx: ActionCtx<{ now: string }>) {
+        const period = currentMonthUtc(new Date(ctx.params.now));
+        const res = await emOf(ctx).getConnection().execute(
+          "update subscriptions set current_period_start = ?::timestamptz, current_period_end = ?::timestamptz, updated_at = now(), version = version + 1 where current_period_end <= ?::timestamptz",
+          [period.start.toISOString(), period.end.toISOString(), period.start.toISOString()], "run");
+        return { updated: (res as any).affectedRows ?? 0 };
+      },
+    },
   },
 
   methods: {
+    /** The billing clock's now (SPEC §3: periods follow it); the wall clock on a cluster without billing. */
+    async billingNow(ctx: ActionCtx<unknown>): Promise<Date> {
+      try {
+        // broker.call, not ctx.call: a system user in a child call's meta would be merged back into this request's.
+        return new Date(((await this.broker.call("v1.billing.now", {}, { meta: { user: systemUser("subscriptions") }, requestID: ctx.requestID ?? undefined })) as { now: string }).now);
+      } catch (err) {
+        if (err instanceof Errors.ServiceNotFoundError) return new Date();
+        throw err;
+      }
+    },
     /** Scoping goes through the deployments service: another tenant's deployment is a 404 here too. */
     async deploymentFor(ctx: ActionCtx<unknown>, id: string): Promise<DeploymentDto> {
       const res = (await ctx.call("v1.deployments.find", { id })) as { deployment: DeploymentDto };

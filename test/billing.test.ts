@@ -21,7 +21,7 @@ let op: ReturnType<typeof client>;
 beforeAll(async () => {
   sim = await startSimulator({ port: 0, activeAfterMs: 0 });
   broker = await startNode(["api", "deployments", "subscriptions", "inventory", "billing"], {
-    settings: { inventory: { doApiUrl: sim.url, driftCheckMs: 0 }, billing: { doApiUrl: sim.url } },
+    settings: { inventory: { doApiUrl: sim.url, driftCheckMs: 0 }, billing: { doApiUrl: sim.url, runMs: 0 } },
   });
   base = apiUrl(broker);
   op = client(base, await token({ roles: ["platform-admin"], sub: "op" }));
@@ -103,6 +103,11 @@ async function seed() {
 }
 
 const row = (items: any[], name: string, currency = "USD") => items.find((i) => i.deployment_id === d[name].id && i.currency === currency);
+/** What a deployment owes in open invoices of one currency, summed from GET /invoices (the margin view's other path). */
+async function owed(name: string, currency = "USD"): Promise<number> {
+  const res = await op.get(`/invoices?deployment_id=${d[name].id}&status=open&limit=200`);
+  return res.body.items.filter((i: any) => i.currency === currency).reduce((t: number, i: any) => t + i.total_cents, 0);
+}
 
 describe("GET /dashboard/margin", () => {
   test("per deployment and in total, worked out by hand", async () => {
@@ -114,24 +119,27 @@ describe("GET /dashboard/margin", () => {
     expect(items).toHaveLength(6);
     expect(items.every((i: any) => i.tenant_id === A)).toBe(true);
 
+    // Subscribing issued a first (prorated) invoice each, open and not yet due.
+    expect(await owed("alpha")).toBeGreaterThan(0);
     expect(row(items, "alpha")).toEqual({
       deployment_id: d.alpha.id, tenant_id: A, slug: "alpha", state: "active", subscription_id: expect.any(String), plan_code: usdPlan,
       // 4900 + 2 × 750 = 6400; 600 + 1200 = 1800 (the destroyed 2400 left out); 4600 / 6400 = 71.875 %.
       currency: "USD", revenue_cents: 6400, cost_cents: 1800, margin_cents: 4600, margin_pct: 71.88, resources: 2, flags: [],
+      open_invoices_cents: await owed("alpha"), overdue_invoices_cents: 0,
     });
     // 4900 + 3 × 900 = 7600, nothing running it.
     expect(row(items, "beta")).toMatchObject({ revenue_cents: 7600, cost_cents: 0, margin_cents: 7600, margin_pct: 100, resources: 0, flags: ["revenue_without_cost"] });
     expect(row(items, "gamma")).toMatchObject({ subscription_id: null, plan_code: null, revenue_cents: 0, cost_cents: 1800, margin_cents: -1800, margin_pct: null, resources: 1, flags: ["cost_without_revenue"] });
-    // Plan in EUR, addon and droplet in USD: never netted across currencies.
-    expect(row(items, "delta", "EUR")).toMatchObject({ state: "paused", revenue_cents: 1000, cost_cents: 0, margin_cents: 1000, margin_pct: 100, resources: 0, flags: ["multi_currency"] });
-    // 900 − 600 = 300; 300 / 900 = 33.33 %.
-    expect(row(items, "delta", "USD")).toMatchObject({ state: "paused", revenue_cents: 900, cost_cents: 600, margin_cents: 300, margin_pct: 33.33, resources: 1, flags: ["multi_currency"] });
+    // Paused: no revenue (only active subscriptions of active, past_due and suspended deployments count), but its
+    // first invoice (EUR, the plan's currency) is still owed; the USD droplet still costs. Never netted across currencies.
+    expect(row(items, "delta", "EUR")).toMatchObject({ state: "paused", revenue_cents: 0, cost_cents: 0, margin_cents: 0, margin_pct: null, resources: 0, open_invoices_cents: await owed("delta", "EUR"), flags: ["cost_without_revenue", "multi_currency"] });
+    expect(row(items, "delta", "USD")).toMatchObject({ state: "paused", revenue_cents: 0, cost_cents: 600, margin_cents: -600, margin_pct: null, resources: 1, open_invoices_cents: 0, flags: ["cost_without_revenue", "multi_currency"] });
     expect(row(items, "epsilon")).toMatchObject({ state: "trial", subscription_id: null, revenue_cents: 0, cost_cents: 0, margin_cents: 0, margin_pct: null, flags: [] });
 
     expect(totals).toEqual([
-      { currency: "EUR", deployments: 1, revenue_cents: 1000, cost_cents: 0, margin_cents: 1000, margin_pct: 100 },
-      // 6400 + 7600 + 900 = 14900; 1800 + 1800 + 600 = 4200; 10700 / 14900 = 71.812 %.
-      { currency: "USD", deployments: 5, revenue_cents: 14900, cost_cents: 4200, margin_cents: 10700, margin_pct: 71.81 },
+      { currency: "EUR", deployments: 1, revenue_cents: 0, cost_cents: 0, margin_cents: 0, margin_pct: null, open_invoices_cents: await owed("delta", "EUR"), overdue_invoices_cents: 0 },
+      // 6400 + 7600 = 14000; 1800 + 1800 + 600 = 4200; 9800 / 14000 = 70 %.
+      { currency: "USD", deployments: 5, revenue_cents: 14000, cost_cents: 4200, margin_cents: 9800, margin_pct: 70, open_invoices_cents: (await owed("alpha")) + (await owed("beta")), overdue_invoices_cents: 0 },
     ]);
     expect(unattributed).toEqual([{ currency: "USD", cost_cents: 500, resources: 1 }]);
   });
@@ -143,13 +151,15 @@ describe("GET /dashboard/margin", () => {
       return res.body.items as any[];
     };
     const label = (i: any) => `${i.slug}/${i.currency}`;
-    expect((await get("")).map(label)).toEqual(["gamma/USD", "epsilon/USD", "delta/USD", "delta/EUR", "alpha/USD", "beta/USD"]);
-    expect((await get("&sort=margin&order=desc")).map((i) => i.margin_cents)).toEqual([7600, 4600, 1000, 300, 0, -1800]);
-    expect((await get("&sort=revenue&order=desc")).map((i) => i.revenue_cents)).toEqual([7600, 6400, 1000, 900, 0, 0]);
+    // epsilon and delta/EUR tie at 0: ties go by deployment id.
+    const zeros = [["epsilon/USD", d.epsilon.id], ["delta/EUR", d.delta.id]].sort((x, y) => x[1].localeCompare(y[1])).map((x) => x[0]);
+    expect((await get("")).map(label)).toEqual(["gamma/USD", "delta/USD", ...zeros, "alpha/USD", "beta/USD"]);
+    expect((await get("&sort=margin&order=desc")).map((i) => i.margin_cents)).toEqual([7600, 4600, 0, 0, -600, -1800]);
+    expect((await get("&sort=revenue&order=desc")).map((i) => i.revenue_cents)).toEqual([7600, 6400, 0, 0, 0, 0]);
     expect((await get("&sort=cost")).map((i) => i.cost_cents)).toEqual([0, 0, 0, 600, 1800, 1800]);
     // No percentage without revenue: those rows come last in either order.
-    expect((await get("&sort=margin_pct&order=desc")).map((i) => i.margin_pct)).toEqual([100, 100, 71.88, 33.33, null, null]);
-    expect((await get("&sort=margin_pct&order=asc")).map((i) => i.margin_pct)).toEqual([33.33, 71.88, 100, 100, null, null]);
+    expect((await get("&sort=margin_pct&order=desc")).map((i) => i.margin_pct)).toEqual([100, 71.88, null, null, null, null]);
+    expect((await get("&sort=margin_pct&order=asc")).map((i) => i.margin_pct)).toEqual([71.88, 100, null, null, null, null]);
     for (const q of ["&sort=profit", "&order=up", "&state=sleeping"]) {
       const res = await op.get(`/dashboard/margin?tenant_id=${A}${q}`);
       expect(res.status).toBe(422);
@@ -161,12 +171,12 @@ describe("GET /dashboard/margin", () => {
     const paused = (await op.get(`/dashboard/margin?tenant_id=${A}&state=paused`)).body;
     expect(paused.items.map((i: any) => `${i.slug}/${i.currency}`).sort()).toEqual(["delta/EUR", "delta/USD"]);
     expect(paused.totals).toEqual([
-      { currency: "EUR", deployments: 1, revenue_cents: 1000, cost_cents: 0, margin_cents: 1000, margin_pct: 100 },
-      { currency: "USD", deployments: 1, revenue_cents: 900, cost_cents: 600, margin_cents: 300, margin_pct: 33.33 },
+      { currency: "EUR", deployments: 1, revenue_cents: 0, cost_cents: 0, margin_cents: 0, margin_pct: null, open_invoices_cents: await owed("delta", "EUR"), overdue_invoices_cents: 0 },
+      { currency: "USD", deployments: 1, revenue_cents: 0, cost_cents: 600, margin_cents: -600, margin_pct: null, open_invoices_cents: 0, overdue_invoices_cents: 0 },
     ]);
     const active = (await op.get(`/dashboard/margin?tenant_id=${A}&state=active&sort=revenue&order=desc`)).body;
     expect(active.items.map((i: any) => i.slug)).toEqual(["beta", "alpha", "gamma"]);
-    expect(active.totals).toEqual([{ currency: "USD", deployments: 3, revenue_cents: 14000, cost_cents: 3600, margin_cents: 10400, margin_pct: 74.29 }]);
+    expect(active.totals).toEqual([{ currency: "USD", deployments: 3, revenue_cents: 14000, cost_cents: 3600, margin_cents: 10400, margin_pct: 74.29, open_invoices_cents: (await owed("alpha")) + (await owed("beta")), overdue_invoices_cents: 0 }]);
 
     const b = (await op.get(`/dashboard/margin?tenant_id=${B}`)).body;
     // 4900 − 3000 = 1900; 1900 / 4900 = 38.775 %.
@@ -197,7 +207,7 @@ test("margin reads every page of deployments and resources (more than 200 of eac
   expect(res.status).toBe(200);
   expect(res.body.items).toHaveLength(205);
   expect(res.body.items[0]).toMatchObject({ deployment_id: first.id, cost_cents: 205, resources: 205, margin_cents: -205, flags: ["cost_without_revenue"] });
-  expect(res.body.totals).toEqual([{ currency: "USD", deployments: 205, revenue_cents: 0, cost_cents: 205, margin_cents: -205, margin_pct: null }]);
+  expect(res.body.totals).toEqual([{ currency: "USD", deployments: 205, revenue_cents: 0, cost_cents: 205, margin_cents: -205, margin_pct: null, open_invoices_cents: 0, overdue_invoices_cents: 0 }]);
 });
 
 describe("GET /billing/balance", () => {
@@ -219,36 +229,40 @@ describe("GET /billing/balance", () => {
       generated_at: expect.stringMatching(/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/),
     });
 
-    // MRR is cluster-wide: compare with the database, summed here independently of the service.
+    // MRR is cluster-wide: compare with the database, summed here independently of the service — active
+    // subscriptions of deployments in active, past_due or suspended only.
     const { rows } = await pg.query(`
-      with charges as (
+      with counted as (
+        select s.* from subscriptions s join deployments d on d.id = s.deployment_id
+        where s.status = 'active' and d.state in ('active', 'past_due', 'suspended')
+      ), charges as (
         select s.id, pv.currency, pv.price_cents as plan, 0 as addons
-          from subscriptions s join plan_versions pv on pv.id = s.plan_version_id where s.status = 'active'
+          from counted s join plan_versions pv on pv.id = s.plan_version_id
         union all
         select s.id, sa.currency, 0, sa.unit_price_cents * sa.qty
-          from subscriptions s join subscription_addons sa on sa.subscription_id = s.id where s.status = 'active'
+          from counted s join subscription_addons sa on sa.subscription_id = s.id
       )
       select currency, sum(plan + addons)::int as mrr_cents, sum(plan)::int as plans_cents, sum(addons)::int as addons_cents,
              count(distinct id)::int as subscriptions
         from charges group by currency order by currency`);
     expect(res.body.revenue.mrr).toEqual(rows);
-    // Our own seed is in there: USD 6400 + 7600 + 900 + 4900 (4 subscriptions), EUR 1000 (1).
+    // Our own seed is in there: USD 6400 + 7600 + 4900 (3 subscriptions); paused delta is not.
     const usd = res.body.revenue.mrr.find((m: any) => m.currency === "USD");
-    const eur = res.body.revenue.mrr.find((m: any) => m.currency === "EUR");
-    expect(usd.mrr_cents).toBeGreaterThanOrEqual(19800);
-    expect(usd.subscriptions).toBeGreaterThanOrEqual(4);
-    expect(eur.mrr_cents).toBeGreaterThanOrEqual(1000);
+    expect(usd.mrr_cents).toBeGreaterThanOrEqual(18900);
+    expect(usd.subscriptions).toBeGreaterThanOrEqual(3);
     expect(new Date(res.body.revenue.as_of).toISOString()).toBe(res.body.revenue.as_of);
   });
 
   test("the seeded tenants' share of MRR, by hand, through the internal action", async () => {
     const { items } = (await broker.call("v1.subscriptions.listForRevenue", { tenant_id: A }, asAdmin)) as any;
-    expect(items).toHaveLength(3);
+    // alpha and beta; delta's subscription is paused with its deployment (SPEC §2), so it earns nothing.
+    expect(items).toHaveLength(2);
+    expect(items.find((s: any) => s.deployment_id === d.delta.id)).toBeUndefined();
     const alpha = items.find((s: any) => s.deployment_id === d.alpha.id);
     expect(alpha).toMatchObject({ tenant_id: A, status: "active", plan_version: { price_cents: 4900, currency: "USD" }, addons: [{ code: "storage_50gb", unit_price_cents: 750, currency: "USD", qty: 2 }] });
     // Paging by cursor returns the same set.
-    const p1 = (await broker.call("v1.subscriptions.listForRevenue", { tenant_id: A, limit: 2 }, asAdmin)) as any;
-    const p2 = (await broker.call("v1.subscriptions.listForRevenue", { tenant_id: A, limit: 2, cursor: p1.next_cursor }, asAdmin)) as any;
+    const p1 = (await broker.call("v1.subscriptions.listForRevenue", { tenant_id: A, limit: 1 }, asAdmin)) as any;
+    const p2 = (await broker.call("v1.subscriptions.listForRevenue", { tenant_id: A, limit: 1, cursor: p1.next_cursor }, asAdmin)) as any;
     expect(p2.next_cursor).toBeNull();
     expect([...p1.items, ...p2.items].map((s: any) => s.subscription_id).sort()).toEqual(items.map((s: any) => s.subscription_id).sort());
     const tenant = { meta: { user: makeUser({ sub: "x", tenant_id: A, roles: ["admin"] }) } };
@@ -262,7 +276,7 @@ describe("GET /billing/balance", () => {
       res.end(JSON.stringify(reply.body));
     });
     await new Promise<void>((r) => fake.listen(0, "127.0.0.1", r));
-    const node = await startNode(["subscriptions", "billing"], { settings: { billing: { doApiUrl: `http://127.0.0.1:${(fake.address() as AddressInfo).port}`, doMaxRetries: 0 } } });
+    const node = await startNode(["deployments", "subscriptions", "billing"], { settings: { billing: { doApiUrl: `http://127.0.0.1:${(fake.address() as AddressInfo).port}`, doMaxRetries: 0, runMs: 0 } } });
     const balance = () => node.call("v1.billing.balance", {}, asAdmin).then(() => { throw new Error("expected a rejection"); }, (e: any) => e);
     try {
       expect(await balance()).toMatchObject({ code: 503, type: "PROVIDER_UNAVAILABLE", data: { status: 500 } });
@@ -298,7 +312,7 @@ test("both views are for operators only: 403 for tenant admins and 'platform_adm
   expect((await op.get("/billing/ready")).status).toBe(404);
 });
 
-test("the gateway's ready check counts billing without a database of its own", async () => {
+test("the gateway's ready check counts billing's database", async () => {
   const res = await fetch(base + "/ready");
   // dns and provisioning are not in this cluster, so it is not ready as a whole; billing itself answers.
   expect(res.status).toBe(503);

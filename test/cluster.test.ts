@@ -46,9 +46,11 @@ test("the gateway answers the same calls with the services on other nodes", asyn
   const refused = await api.post(`/deployments/${id}/transition`, { to_state: "paused" });
   expect(refused.status).toBe(422);
   expect(refused.body).toMatchObject({ type: "INVALID_TRANSITION", data: { from: "trial", to: "paused" } });
-  expect((await api.post(`/deployments/${id}/transition`, { to_state: "active", reason: "converted" })).status).toBe(200);
+  // Converting a trial needs a subscription (SPEC §2): without one 409, after subscribing 200.
+  expect((await api.post(`/deployments/${id}/transition`, { to_state: "active", reason: "converted" })).body.type).toBe("SUBSCRIPTION_REQUIRED");
   const sub = await api.post(`/deployments/${id}/subscribe`, { plan_code: "studio", addons: [{ code: "storage_50gb", qty: 3 }] });
   expect(sub.status).toBe(201);
+  expect((await api.post(`/deployments/${id}/transition`, { to_state: "active", reason: "converted" })).status).toBe(200);
   const got = await api.get(`/deployments/${id}`);
   expect(got.body.deployment.state).toBe("active");
   expect(got.body.subscription.addons[0]).toMatchObject({ code: "storage_50gb", qty: 3 });
@@ -66,7 +68,8 @@ test("the gateway answers the same calls with the services on other nodes", asyn
 });
 
 test("50 concurrent transitions spread over two deployments nodes still leave a chain", async () => {
-  const api = client(base, await token({ tenant: uniq("race") }));
+  // An operator: past_due and back are billing-controlled moves (tenants get 403).
+  const api = client(base, await token({ tenant: uniq("race"), roles: ["platform-admin"] }));
   const id = (await api.post("/deployments", { slug: "race" })).body.deployment.id;
   const targets = ["paused", "active", "past_due", "active", "cancelled", "active"];
   const results = await Promise.all(Array.from({ length: 50 }, (_, i) => api.post(`/deployments/${id}/transition`, { to_state: targets[i % targets.length] })));

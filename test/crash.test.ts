@@ -1,7 +1,8 @@
+import { randomUUID } from "node:crypto";
 import { Client } from "pg";
 import type { ServiceBroker } from "moleculer";
 import { startSimulator, type Simulator } from "../sim/simulator";
-import { apiUrl, client, newNamespace, startNode, token, uniq, waitFor } from "./helpers";
+import { apiUrl, asAdmin, client, newNamespace, startNode, token, uniq, waitFor } from "./helpers";
 import { ensureBuilt, killAll, spawnNode, type NodeProcess } from "./processes";
 
 /*
@@ -320,6 +321,33 @@ describe("kill -9 of the provisioning node mid-saga; another process resumes it"
     expectOneRecordPerName(state);
   });
 });
+
+test("(e) kill -9 during a power-off (the action sent, its end awaited): the resumed saga waits on that action and sends no other", async () => {
+  const p = await provision();
+  await expectOutcome(p, "succeeded");
+  const [droplet] = await dropletsTagged(`saga-${p.sagaId}`);
+  await simFault({ operation: "actions.get", mode: "delay", delay_ms: 1500, count: -1 });
+  const id = randomUUID();
+  const meta = asAdmin;
+  const started = await gateway.call<any, any>("v1.provisioning.start", { id, kind: "power_off", deployment_id: p.deploymentId, tenant_id: p.tenant, input: {} }, meta);
+  expect(started.saga).toMatchObject({ id, kind: "power_off" });
+  await waitFor(async () => {
+    const s = await step(id, "power_off_droplets");
+    return s.status === "running" && s.output[`action_${droplet.id}`];
+  }, { timeoutMs: 15_000, what: "the power-off action to be sent and recorded" });
+  await crash(current);
+  await fetch(`${sim.url}/v2/_sim/faults`, { method: "DELETE" });
+  current = await startProvisioning();
+
+  await settled(id);
+  expect(await sagaStatus(id)).toBe("succeeded");
+  expect((await step(id, "power_off_droplets")).attempts).toBe(2);
+  expect((await simState()).droplets.find((d) => d.id === droplet.id).status).toBe("off");
+  const { actions } = await gateway.call<any, any>("v1.inventory.dropletActions", { id: droplet.id }, meta);
+  expect(actions.filter((a: any) => a.type === "power_off")).toHaveLength(1);
+  const inv = (await operator.get(`/inventory?deployment_id=${p.deploymentId}`)).body.items;
+  expect(inv.map((r: any) => r.status)).toEqual(["off"]);
+}, 60_000);
 
 function expectOneRecordPerName(state: SimState) {
   const byName = new Map<string, number>();

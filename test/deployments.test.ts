@@ -125,12 +125,15 @@ describe("transitions follow the SPEC table", () => {
   test("the service's table is the SPEC's", () => {
     const implemented = DEPLOYMENT_STATES.filter((s) => s !== "provisioning").flatMap((from) => TRANSITIONS[from].map((to) => `${from}>${to}`));
     expect(new Set(implemented)).toEqual(SPEC_ALLOWED);
-    expect(TRANSITIONS.provisioning).toEqual(["active", "cancelled"]);
+    expect(TRANSITIONS.provisioning).toEqual(["active", "trial", "cancelled"]);
   });
 
   test.each(cases)("%s → %s allowed=%s", async (from, to, allowed) => {
-    const api = client(base, await token({ tenant: uniq("tr"), sub: "bob" }));
+    // An operator may make every move of the table (tenants' limits: test/lifecycle-moves.test.ts).
+    const api = client(base, await token({ tenant: uniq("tr"), sub: "bob", roles: ["platform-admin"] }));
     const d = await deploymentIn(api, from);
+    // Converting a trial needs a subscription (SPEC §2).
+    if (from === "trial") expect((await api.post(`/deployments/${d.id}/subscribe`, { plan_code: "studio" })).status).toBe(201);
     expect(d.state).toBe(from);
     const before = (await api.get(`/deployments/${d.id}`)).body.events.length;
     const res = await api.post(`/deployments/${d.id}/transition`, { to_state: to, reason: "test", notes: "n" });
@@ -187,7 +190,7 @@ describe("transitions follow the SPEC table", () => {
   });
 
   test("50 concurrent transition requests leave the event log a chain", async () => {
-    const api = client(base, await token({ tenant: uniq("race") }));
+    const api = client(base, await token({ tenant: uniq("race"), roles: ["platform-admin"] }));
     const d = await deploymentIn(api, "active");
     const targets: DeploymentState[] = ["paused", "active", "past_due", "suspended", "active", "paused", "cancelled", "active"];
     const results = await Promise.all(Array.from({ length: 50 }, (_, i) => api.post(`/deployments/${d.id}/transition`, { to_state: targets[i % targets.length] })));

@@ -222,6 +222,41 @@ describe("revert", () => {
   });
 });
 
+describe("remove (decommission)", () => {
+  const remove = (t: { deployment_id: string }, opts: object = asAdmin): Promise<any> => broker.call("v1.dns.remove", { deployment_id: t.deployment_id }, opts);
+
+  test("deletes the record at the provider (found by name) and here; twice, or never pointed, is a no-op", async () => {
+    const t = target();
+    await point(t, "203.0.113.70");
+    expect(await atProvider(t.fqdn)).toHaveLength(1);
+    const first = await remove(t);
+    expect(first).toMatchObject({ changed: true, dns_record: { fqdn: t.fqdn, data: "203.0.113.70" } });
+    expect(await atProvider(t.fqdn)).toEqual([]);
+    expect((await pg.query("select count(*)::int as n from dns_records where deployment_id = $1", [t.deployment_id])).rows[0].n).toBe(0);
+    expect(await remove(t)).toEqual({ dns_record: null, changed: false });
+    expect(await remove(target())).toEqual({ dns_record: null, changed: false });
+    // The name is free again for a new point.
+    await point(t, "203.0.113.71");
+    expect((await atProvider(t.fqdn)).map((r) => r.data)).toEqual(["203.0.113.71"]);
+  });
+
+  test("a record already deleted at the provider is removed here all the same", async () => {
+    const t = target();
+    await point(t, "203.0.113.72");
+    const [rec] = await atProvider(t.fqdn);
+    expect((await doApi("DELETE", `/domains/${DOMAIN}/records/${rec.id}`)).status).toBe(204);
+    expect((await remove(t)).changed).toBe(true);
+    expect((await pg.query("select count(*)::int as n from dns_records where deployment_id = $1", [t.deployment_id])).rows[0].n).toBe(0);
+  });
+
+  test("internal: a tenant cannot call it", async () => {
+    const t = target();
+    await point(t, "203.0.113.73");
+    expect(await rejection(remove(t, asTenant(t.tenant_id)))).toMatchObject({ code: 403 });
+    expect(await atProvider(t.fqdn)).toHaveLength(1);
+  });
+});
+
 describe("get and tenant scope", () => {
   test("another tenant's record is 404 to get and revert", async () => {
     const t = target();

@@ -104,16 +104,22 @@ export async function waitFor<T>(fn: () => Promise<T | undefined | null | false>
  * really runs unless a fault is armed, and then fails the next `count` calls with the given error.
  */
 export function actionFaults() {
-  const armed = new Map<string, { count: number; error: () => Error }>();
+  const armed = new Map<string, { count: number; error: () => Error; after?: boolean }>();
+  /** Every call that reached the action (faulted or not), for tests that count deliveries. */
+  const calls: { action: string; params: any; at: number }[] = [];
   return {
+    calls,
     middleware: {
       name: "TestActionFaults",
       localAction(next: (ctx: any) => Promise<unknown>, action: { name: string }) {
-        return (ctx: any) => {
+        return async (ctx: any) => {
+          calls.push({ action: action.name, params: ctx.params, at: Date.now() });
           const f = armed.get(action.name);
           if (f && f.count !== 0) {
             f.count--;
-            return Promise.reject(f.error());
+            // lose: the action really runs, then its answer is lost (as the simulator's lose_response does).
+            if (f.after) await next(ctx);
+            throw f.error();
           }
           return next(ctx);
         };
@@ -121,6 +127,9 @@ export function actionFaults() {
     },
     fail(action: string, error: () => Error, count = -1) {
       armed.set(action, { count, error });
+    },
+    lose(action: string, error: () => Error, count = -1) {
+      armed.set(action, { count, error, after: true });
     },
     clear() {
       armed.clear();

@@ -113,6 +113,10 @@ test("happy path: active, one droplet, one linked inventory row, one A record wi
   const droplets = await dropletsTagged(`saga-${saga.id}`);
   expect(droplets).toHaveLength(1);
   expect(steps.create_droplet.output.droplet_id).toBe(droplets[0].id);
+  // Tagged by its saga and its deployment; with no size or image in the input, the DO_DEFAULT_* ones.
+  expect(droplets[0].tags).toEqual(expect.arrayContaining([`saga-${saga.id}`, `deployment-${p.deployment.id}`]));
+  expect(droplets[0]).toMatchObject({ size_slug: "s-1vcpu-1gb" });
+  expect(saga.kind).toBe("provision");
   const ip = droplets[0].networks.v4.find((n: any) => n.type === "public").ip_address;
   expect(steps.wait_droplet_active.output.ipv4).toBe(ip);
   const records = await recordsFor(p.fqdn);

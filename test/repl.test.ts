@@ -17,7 +17,7 @@ beforeAll(async () => {
   const provider = { doApiUrl: sim.url, doMaxRetries: 0 };
   cluster = await startNode(["api", "deployments", "subscriptions", "inventory", "dns", "provisioning", "billing"], {
     nats: ns,
-    settings: { inventory: provider, dns: provider, billing: provider, provisioning: { pollMs: 25, backoffMs: 10 } },
+    settings: { inventory: provider, dns: provider, billing: { ...provider, runMs: 0 }, provisioning: { pollMs: 25, backoffMs: 10 } },
   });
   tenant = uniq("repl");
   api = client(apiUrl(cluster), await token({ tenant, sub: "rita" }));
@@ -59,24 +59,32 @@ test("deployments, deployment, sagas and saga print the cluster's rows", async (
   expect(out).toMatch(/subscription studio v\d+ \d+ USD\/month, active, addons: dedicated_ip×2@400/);
   expect(row("created")).toMatch(/-\s+trial\s+created\s+rita/);
   // sagas: ours among the succeeded, 7/7
-  expect(row(sagaId)).toMatch(new RegExp(`${sagaId}\\s+${prov.body.deployment.id}\\s+succeeded\\s+7/7`));
+  expect(row(sagaId)).toMatch(new RegExp(`${sagaId}\\s+provision\\s+${prov.body.deployment.id}\\s+succeeded\\s+7/7`));
   // saga: every step as a row
   expect(out).toContain(`saga ${sagaId}  deployment ${prov.body.deployment.id}  succeeded`);
   for (const step of ["mark_deployment_provisioning", "create_droplet", "wait_droplet_active", "register_inventory", "link_deployment_resource", "point_deployment_dns", "activate_deployment"]) {
     expect(lines.some((l) => new RegExp(`^${step}\\s+succeeded\\s+1\\s`).test(l))).toBe(true);
   }
-  // margin: the subscribed one earns and costs nothing in cloud; the provisioned one costs its droplet and earns nothing
-  const sub = (await api.get(`/deployments/${plain.id}`)).body.subscription;
-  const revenue = sub.plan_version.price_cents + 2 * 400;
+  // margin: the subscribed one is in trial, so it earns nothing yet (money views count active, past_due and suspended
+  // deployments only) and costs nothing in cloud; the provisioned one costs its droplet and earns nothing
+  const revenue = 0;
   const planted = await (await fetch(`${sim.url}/v2/_sim/droplets`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ name: uniq("stray") }) })).json() as any;
   const money = (await repl([`margin --tenant ${tenant}`, "balance", "drift"])).split("\n");
   const marginRow = (slug: string) => money.find((l) => new RegExp(`^(mol \\$ )?${tenant}\\s+${slug}\\s`).test(l));
-  expect(marginRow("plain-one")).toMatch(new RegExp(`trial\\s+USD\\s+${revenue}\\s+0\\s+${revenue}\\s+100\\s+\\["revenue_without_cost"\\]`));
+  expect(marginRow("plain-one")).toMatch(new RegExp(`trial\\s+USD\\s+${revenue}\\s+0\\s+${revenue}\\s+-\\s+\\[\\]`));
   expect(marginRow("provisioned")).toMatch(/active\s+USD\s+0\s+600\s+-600\s+-\s+\["cost_without_revenue"\]/);
   expect(money.find((l) => /^USD\s+\d+/.test(l))).toMatch(new RegExp(`^USD\\s+${revenue}\\s+600\\s+${revenue - 600}\\s`));
   expect(money.some((l) => /^provider\.currency\s+USD$/.test(l))).toBe(true);
   expect(money.some((l) => /^provider\.month_to_date_usage_cents\s+\d+$/.test(l))).toBe(true);
   expect(money.find((l) => l.includes(String(planted.droplet.id)))).toMatch(/^orphan\s+droplet\s+\d+/);
+
+  // invoices and billing run: subscribing the active one issued its first invoice; a run right after issues none
+  await api.post(`/deployments/${prov.body.deployment.id}/subscribe`, { plan_code: "studio" });
+  const [inv] = (await api.get(`/invoices?deployment_id=${prov.body.deployment.id}`)).body.items;
+  const billing = (await repl([`invoices --tenant ${tenant} --status open`, "billing run", "billing walk"])).split("\n");
+  expect(billing.find((l) => l.includes(inv.id))).toMatch(new RegExp(`${inv.id}\\s+${tenant}\\s+${prov.body.deployment.id}\\s+\\d{4}-\\d\\d\\s+${inv.total_cents} USD\\s+open\\s`));
+  expect(billing.some((l) => /billing run at \d{4}-\d\d-\d\dT.*: \d+ invoice\(s\) issued, \d+ move\(s\)/.test(l))).toBe(true);
+  expect(billing.some((l) => l.includes("usage: billing run"))).toBe(true);
 
   // the standard commands stay: `nodes` lists the REPL's own node and the cluster's
   const nodes = await repl(["nodes"]);

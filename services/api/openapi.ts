@@ -63,7 +63,19 @@ export const ROUTE_DOCS: Record<string, RouteDoc> = {
     responses: { 201: "DeploymentEnvelope", 202: "DeploymentWithSaga" }, errors: [403],
   },
   "GET /deployments/:id": { summary: "A deployment with subscription (and addons), events (oldest first) and its newest saga", responses: { 200: "DeploymentDetail" } },
-  "POST /deployments/:id/transition": { summary: "Move a deployment to another state (SPEC §2 table)", responses: { 200: "DeploymentEnvelope" }, errors: [403] },
+  "POST /deployments/:id/transition": {
+    summary: "Move a deployment to another state (SPEC §2 table): 200 with the lifecycle saga it started (null without a cloud effect). 403 BILLING_CONTROLLED {from, to}; 409 SUBSCRIPTION_REQUIRED, PAYMENT_REQUIRED",
+    responses: { 200: "DeploymentMove" }, errors: [403],
+  },
+  "PATCH /deployments/:id": { summary: "Change display_name; billing_action_suspended (operators only: 403 for tenants)", responses: { 200: "DeploymentEnvelope" }, errors: [403] },
+  "DELETE /deployments/:id": {
+    summary: "Cancel (unless cancelled) and archive: 202 with the decommission saga; 200 with saga null when it has no cloud resources or is already archived. 409 PROVISIONING_IN_PROGRESS",
+    responses: { 200: "DeploymentMove", 202: "DeploymentMove" },
+  },
+  "POST /deployments/:id/provision": {
+    summary: "Provision an existing deployment without a live droplet (active, trial, cancelled): 202 with the provision saga. 409 ALREADY_PROVISIONED, PAYMENT_REQUIRED; 422 INVALID_TRANSITION",
+    responses: { 202: "DeploymentMove" }, errors: [403],
+  },
   "POST /deployments/:id/subscribe": { summary: "Subscribe to a plan's newest version, addons snapshotted", responses: { 201: "SubscriptionEnvelope" } },
   "POST /deployments/:id/subscription/addons": { summary: "Attach an addon (price and qty snapshotted)", responses: { 201: "SubscriptionEnvelope" } },
   "POST /deployments/:id/subscription/plan": { summary: "Change plan version (newest of plan_code, or the given version)", responses: { 200: "SubscriptionEnvelope" } },
@@ -73,12 +85,20 @@ export const ROUTE_DOCS: Record<string, RouteDoc> = {
   "GET /addons": { summary: "Addons with live prices", responses: { 200: "AddonList" } },
   "POST /addons": { summary: "Create an addon", responses: { 201: "AddonEnvelope" } },
   "PATCH /addons/:code": { summary: "Change an addon's name or live price", responses: { 200: "AddonEnvelope" } },
-  "GET /sagas/:id": { summary: "A saga with per-step progress", responses: { 200: "SagaEnvelope" } },
-  "POST /sagas/:id/retry": { summary: "Retry a compensation_failed or failed saga", responses: { 202: "SagaEnvelope" } },
+  "GET /sagas": { summary: "Sagas of every kind, newest first (keyset pagination); filters status, kind, deployment_id, tenant_id", responses: { 200: "SagaList" } },
+  "GET /sagas/:id": { summary: "A saga (any kind) with per-step progress", responses: { 200: "SagaEnvelope" } },
+  "POST /sagas/:id/retry": { summary: "Retry a compensation_failed saga (compensates again) or a failed one (runs again from its failed step); 409 SAGA_NOT_RETRYABLE otherwise", responses: { 202: "SagaEnvelope" } },
   "GET /inventory": { summary: "Cloud resources (live; include_destroyed=true for destroyed ones too)", responses: { 200: "ResourceList" } },
   "GET /inventory/:id": { summary: "One cloud resource", responses: { 200: "ResourceEnvelope" } },
   "GET /billing/balance": { summary: "Provider balance (cents) and platform monthly recurring revenue per currency", responses: { 200: "Balance" }, errors: [502] },
   "GET /dashboard/margin": { summary: "Revenue, cloud cost and margin per deployment and in total", responses: { 200: "Margin" } },
+  "GET /invoices": { summary: "Invoices, newest first (keyset pagination)", responses: { 200: "InvoiceList" } },
+  "GET /invoices/:id": { summary: "One invoice with its lines", responses: { 200: "InvoiceEnvelope" } },
+  "POST /invoices/:id/pay": { summary: "Mark an open invoice paid at the billing clock's now; 409 INVOICE_NOT_OPEN", responses: { 200: "InvoiceEnvelope" } },
+  "POST /invoices/:id/void": { summary: "Void an open invoice; 409 INVOICE_NOT_OPEN", responses: { 200: "InvoiceEnvelope" } },
+  "POST /billing/run": { summary: "Run billing now: period invoices, dunning, trial ends, retention", responses: { 200: "BillingRun" } },
+  "GET /billing/clock": { summary: "The billing test clock (404 unless BILLING_TEST_CLOCK=1)", responses: { 200: "BillingClock" }, errors: [404] },
+  "POST /billing/clock": { summary: "Move the test clock forward ({advance_days} or {now}; never backwards: 422), then run billing (404 unless BILLING_TEST_CLOCK=1)", responses: { 200: "BillingRun" }, errors: [404] },
   "GET /drift": { summary: "Provider vs inventory and DNS: orphans, ghosts, mismatches", responses: { 200: "DriftReport" } },
   "POST /drift/actions": { summary: "Act on a drift entry: adopt or destroy an orphan, mark a ghost destroyed, sync a mismatch", responses: { 201: "DriftActionResult" }, errors: [502] },
 };
@@ -201,7 +221,8 @@ export function openApiDocument(aliases: Record<string, string>, accessOf: (acti
 const DEPLOYMENT = obj({
   id: uuid, tenant_id: str, slug: str, display_name: str, region: str, state: { enum: STATES }, state_since: time,
   llm_mode: { enum: ["none", "shared", "byok"] }, billing_action_suspended: { type: "boolean" }, template_code: str, template_version: strOrNull,
-  inserted_at: time, updated_at: time,
+  inserted_at: time, updated_at: time, trial_ends_at: timeOrNull,
+  runtime: obj({ status: { enum: ["none", "starting", "running", "stopping", "stopped", "destroying", "destroyed"] }, droplet_id: { type: ["integer", "null"] }, ipv4: strOrNull, hostname: strOrNull }),
 });
 const EVENT = obj({ id: int, deployment_id: uuid, from_state: { enum: [...STATES, null] }, to_state: { enum: STATES }, reason: str, actor: str, notes: strOrNull, occurred_at: time });
 const STEP = obj(
@@ -213,8 +234,9 @@ const STEP = obj(
   ["name", "status", "attempts", "started_at", "finished_at", "error", "output"],
 );
 const SAGA = obj(
-  { id: uuid, kind: { enum: SAGA_KINDS }, deployment_id: uuid, tenant_id: str, status: { enum: SAGA_STATUSES }, steps: arr(ref("Step")), started_at: time, finished_at: timeOrNull, error: strOrNull },
-  ["id", "deployment_id", "tenant_id", "status", "steps", "started_at", "finished_at", "error"],
+  // A string, not an enum: kinds are lists registered with the engine (a new kind is a new list), these are today's.
+  { id: uuid, kind: { type: "string", description: `the saga's kind: ${SAGA_KINDS.join(", ")}`, examples: SAGA_KINDS }, deployment_id: uuid, tenant_id: str, status: { enum: SAGA_STATUSES }, steps: arr(ref("Step")), started_at: time, finished_at: timeOrNull, error: strOrNull },
+  ["id", "kind", "deployment_id", "tenant_id", "status", "steps", "started_at", "finished_at", "error"],
 );
 const PLAN_VERSION = obj({ id: uuid, plan_code: str, version: int, price_cents: cents, currency: str, inserted_at: time });
 const SUBSCRIPTION = obj({
@@ -261,6 +283,7 @@ const SCHEMAS: Record<string, Schema> = {
   Saga: SAGA,
   DeploymentEnvelope: obj({ deployment: ref("Deployment") }),
   DeploymentWithSaga: obj({ deployment: ref("Deployment"), saga: ref("Saga") }),
+  DeploymentMove: obj({ deployment: ref("Deployment"), saga: nullable("Saga") }),
   DeploymentList: list("Deployment"),
   DeploymentDetail: obj({ deployment: ref("Deployment"), subscription: nullable("Subscription"), events: arr(ref("DeploymentEvent")), saga: nullable("Saga") }),
   PlanVersion: PLAN_VERSION,
@@ -274,6 +297,7 @@ const SCHEMAS: Record<string, Schema> = {
   AddonList: list("Addon"),
   AddonEnvelope: envelope("addon", "Addon"),
   SagaEnvelope: envelope("saga", "Saga"),
+  SagaList: list("Saga"),
   Resource: RESOURCE,
   ResourceList: list("Resource"),
   ResourceEnvelope: envelope("resource", "Resource"),
@@ -284,13 +308,23 @@ const SCHEMAS: Record<string, Schema> = {
   Margin: obj({
     items: arr(obj({
       deployment_id: uuid, tenant_id: str, slug: str, state: { enum: STATES }, subscription_id: strOrNull, plan_code: strOrNull, currency: str,
-      revenue_cents: cents, cost_cents: cents, margin_cents: cents, margin_pct: { type: ["number", "null"] }, resources: int, flags: arr(FLAGS),
+      revenue_cents: cents, cost_cents: cents, margin_cents: cents, margin_pct: { type: ["number", "null"] }, resources: int,
+      open_invoices_cents: cents, overdue_invoices_cents: cents, flags: arr(FLAGS),
     })),
-    totals: arr(obj({ currency: str, deployments: int, revenue_cents: cents, cost_cents: cents, margin_cents: cents, margin_pct: { type: ["number", "null"] } })),
+    totals: arr(obj({ currency: str, deployments: int, revenue_cents: cents, cost_cents: cents, margin_cents: cents, margin_pct: { type: ["number", "null"] }, open_invoices_cents: cents, overdue_invoices_cents: cents })),
     unattributed: arr(obj({ currency: str, cost_cents: cents, resources: int })),
     as_of: time,
     next_cursor: { type: "null" },
   }),
+  InvoiceLine: obj({ kind: { enum: ["plan", "addon"] }, code: str, description: str, qty: { type: "integer", minimum: 1 }, unit_price_cents: { type: "integer", minimum: 0 }, amount_cents: { type: "integer", minimum: 0 } }),
+  Invoice: obj({
+    id: uuid, tenant_id: str, deployment_id: uuid, subscription_id: uuid, period_start: time, period_end: time, currency: { type: "string", pattern: "^[A-Z]{3}$" },
+    lines: arr(ref("InvoiceLine")), total_cents: { type: "integer", minimum: 0 }, status: { enum: ["open", "paid", "void"] }, issued_at: time, due_at: time, paid_at: timeOrNull,
+  }),
+  InvoiceEnvelope: envelope("invoice", "Invoice"),
+  InvoiceList: list("Invoice"),
+  BillingClock: obj({ now: time }),
+  BillingRun: obj({ now: time, invoices_issued: { type: "integer", minimum: 0 }, moves: arr(obj({ deployment_id: uuid, from: { enum: STATES }, to: { enum: STATES }, reason: str })) }),
   DriftEntry: DRIFT_ENTRY,
   ProviderDroplet: obj({ id: int, name: str, status: str, ipv4: strOrNull, region: strOrNull, size_slug: strOrNull, tags: arr(str) }),
   ProviderRecord: obj({ id: int, type: str, name: str, fqdn: str, data: str, ttl: { type: ["integer", "null"] } }),

@@ -1,32 +1,87 @@
 import { randomUUID } from "node:crypto";
 import type { ServiceBroker } from "moleculer";
-
-type Logger = Pick<Console, "info" | "warn" | "error">;
 import type { MikroORM, EntityManager } from "@mikro-orm/postgresql";
 import { Saga, SagaStep, CompensationRequest, type StepStatus, type SagaStatus } from "../../entities/saga";
 import { systemUser } from "../../lib/access";
+import { conflict, invalid } from "../../lib/errors";
 import { iso } from "../../lib/dto";
+import { decodeCursor, encodeCursor } from "../../lib/pagination";
 
-/** A forward step: what it calls, and how it is undone (which owning service handles the compensation event). */
-export interface StepDef {
-  name: string;
-  forward: string;
-  compensation?: { owner: "deployments" | "inventory" | "dns"; op: string };
-  run(ctx: StepContext): Promise<Record<string, unknown>>;
+type Logger = Pick<Console, "info" | "warn" | "error">;
+
+/*
+ * A generic saga engine: it knows steps, leases, retries and the compensation outbox, nothing of droplets or DNS.
+ * A kind (services/provisioning/kinds/*.ts) is a list of steps; each step holds its forward call and its undo side
+ * by side and returns what its undo needs (Medusa's createStep(invoke, compensate) → StepResponse(output,
+ * compensateInput)). Design note: README.md beside this file.
+ */
+
+/** What a step produced, and the input its undo will be handed (null: nothing to undo). */
+export class StepResponse {
+  constructor(
+    readonly output: Record<string, unknown> = {},
+    readonly compensateInput?: Record<string, unknown> | null,
+  ) {}
 }
 
-export interface StepContext {
+/**
+ * A step's undo: the owning service (`provisioning.compensate.<owner>` event) and the operation it runs. `before`
+ * gives the undo input known before the forward call, persisted with the step's `running` write, so an effect whose
+ * answer was lost (a create in doubt) is still undone; a StepResponse's compensate input replaces it on success.
+ */
+export interface Undo<Env = any> {
+  owner: string;
+  op: string;
+  before?: (ctx: StepContext<Env>) => Record<string, unknown>;
+}
+
+export interface StepDef<Env = any> {
+  name: string;
+  /** The action the step calls forward (documentation and tests; `invoke` makes the call). */
+  forward: string;
+  invoke(ctx: StepContext<Env>): Promise<StepResponse | Record<string, unknown> | void>;
+  compensate?: Undo<Env>;
+}
+
+/** Builds a step: its forward side and, beside it, its undo. */
+export function step<Env = any>(name: string, forward: string, invoke: StepDef<Env>["invoke"], compensate?: Undo<Env>): StepDef<Env> {
+  return { name, forward, invoke, compensate };
+}
+export const undo = <Env = any>(owner: string, op: string, before?: Undo<Env>["before"]): Undo<Env> => ({ owner, op, before });
+
+export interface SagaKind<Env = any> {
+  kind: string;
+  /**
+   * `compensate`: a failed step rolls back what was done, in reverse (only transient errors are retried first).
+   * `forward`: steps are idempotent; a failing step is retried with backoff, then the saga ends `failed`.
+   */
+  onFailure: "compensate" | "forward";
+  steps: StepDef<Env>[];
+  /** The saga's input as stored, defaults filled in at start (so every node drives the same saga). */
+  prepare?(input: Record<string, any>, env: Env): Record<string, any>;
+  /** Best effort when the saga ends other than succeeded (e.g. make the deployment's runtime tell the truth). */
+  onEnd?(ctx: KindContext<Env>, status: SagaStatus): Promise<void>;
+}
+
+export interface KindContext<Env = any> {
   saga: Saga;
+  input: Record<string, any>;
+  env: Env;
+  call<T = any>(action: string, params: Record<string, unknown>, opts?: { timeout?: number }): Promise<T>;
+  /** True when some node serves the action now (a cluster mid-upgrade may not have it yet). */
+  knows(action: string): boolean;
+  logger: Logger;
+  sleep(ms: number): Promise<void>;
+}
+
+export interface StepContext<Env = any> extends KindContext<Env> {
   /** Outputs of the steps before, by step name. */
   outputs: Record<string, Record<string, any>>;
   step: SagaStep;
-  settings: EngineSettings;
-  call<T = any>(action: string, params: Record<string, unknown>): Promise<T>;
-  /** Persist part of the output before a side effect (the intent), so a resumed run can settle it. */
-  recordIntent(output: Record<string, unknown>): Promise<void>;
-  /** Keep the lease while a step waits. */
+  /** Persist part of the output (and, optionally, the undo input) before a side effect, so a resumed run can settle it. */
+  recordIntent(output: Record<string, unknown>, compensateInput?: Record<string, unknown>): Promise<void>;
+  /** Keep the lease while a step waits (throws once another node holds the saga). */
   heartbeat(): Promise<void>;
-  sleep(ms: number): Promise<void>;
 }
 
 export interface EngineSettings {
@@ -35,12 +90,19 @@ export interface EngineSettings {
   maxConcurrent: number;
   stepMaxAttempts: number;
   backoffMs: number;
-  activeTimeoutMs: number;
+  /** How often a compensation's confirmation is looked for. */
   pollMs: number;
   compensationMaxAttempts: number;
   compensationAckTimeoutMs: number;
-  dropletSize: string;
-  dropletImage: string;
+}
+
+export interface StartParams {
+  id: string;
+  kind: string;
+  deployment_id: string;
+  tenant_id: string;
+  input: Record<string, any>;
+  requested_by?: string;
 }
 
 /** A failure that retrying cannot fix. */
@@ -56,6 +118,7 @@ export function isTransient(err: any): boolean {
 export function sagaDto(saga: Saga, steps: SagaStep[]) {
   return {
     id: saga.id,
+    kind: saga.kind,
     deployment_id: saga.deployment_id,
     tenant_id: saga.tenant_id,
     status: saga.status,
@@ -79,29 +142,42 @@ export function sagaDto(saga: Saga, steps: SagaStep[]) {
 export type SagaDto = ReturnType<typeof sagaDto>;
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
-const backoff = (base: number, attempt: number) => Math.min(base * 2 ** Math.max(0, attempt - 1), 30_000);
+export const backoff = (base: number, attempt: number) => Math.min(base * 2 ** Math.max(0, attempt - 1), 30_000);
+
+const OPEN = `('running','compensating')`;
+/** True for saga `s` while an older saga of its deployment is still open: it waits its turn. */
+const HELD = `exists (select 1 from sagas o where o.deployment_id = s.deployment_id and o.seq < s.seq and o.status in ${OPEN})`;
+/** Creating a saga and ending one take this per-deployment lock, so the queue order and the hand-over never race. */
+const LOCK_DEPLOYMENT = `select pg_advisory_xact_lock(7207, hashtext(?))`;
 
 /**
- * Drives provisioning sagas: one node at a time per saga (a lease in the sagas row), every step written as it
- * starts and ends, compensation requests through the outbox table. See README.md beside this file.
+ * Drives sagas: one node at a time per saga (a lease in the sagas row), one saga at a time per deployment (in
+ * creation order), every step written as it starts and ends, compensation requests through the outbox table.
  */
-export class SagaEngine {
+export class SagaEngine<Env = any> {
   private readonly driving = new Set<string>();
   private readonly lost = new Set<string>();
-  private readonly byName: Map<string, StepDef>;
+  private readonly leaseTimers = new Set<NodeJS.Timeout>();
+  private readonly kinds: Map<string, { def: SagaKind<Env>; steps: Map<string, StepDef<Env>> }>;
   private sweepTimer?: NodeJS.Timeout;
   private stopped = false;
+  private halted = false;
   private readonly user = systemUser("provisioning");
 
   constructor(
     private readonly broker: ServiceBroker,
     private readonly orm: () => MikroORM,
-    private readonly steps: StepDef[],
+    kinds: SagaKind<Env>[],
     readonly settings: EngineSettings,
+    readonly env: Env,
     private readonly logger: Logger,
     private readonly metrics: { sagaFinished(status: SagaStatus): void; stepFinished(step: string, status: StepStatus, seconds: number): void },
   ) {
-    this.byName = new Map(steps.map((s) => [s.name, s]));
+    this.kinds = new Map(kinds.map((k) => [k.kind, { def: k, steps: new Map(k.steps.map((s) => [s.name, s])) }]));
+  }
+
+  get kindNames(): string[] {
+    return [...this.kinds.keys()];
   }
 
   private get node() {
@@ -128,38 +204,74 @@ export class SagaEngine {
     clearTimeout(this.sweepTimer);
     const deadline = Date.now() + 5000;
     while (this.driving.size && Date.now() < deadline) await sleep(20);
+    // What is still driving after the grace period (a call that never returns) may write nothing more.
+    this.halted = true;
+    for (const t of this.leaseTimers) clearInterval(t);
+    this.leaseTimers.clear();
   }
 
-  /** Creates the saga owned by this node and starts driving it. */
-  async create(input: { deployment_id: string; tenant_id: string; slug: string; region: string; requested_by?: string }, requestId?: string): Promise<SagaDto> {
-    const now = new Date();
+  /**
+   * Creates a saga, idempotent by its id (a repeat returns the saga as it is now), and drives it here unless an
+   * older saga of the same deployment is still open: then it is held (owned by nobody) until its turn comes.
+   */
+  async create(p: StartParams, requestId?: string): Promise<SagaDto> {
+    const kind = this.kinds.get(p.kind);
+    if (!kind) throw invalid(`Unknown saga kind '${p.kind}'`, [{ field: "kind", type: "enum" }]);
+    const input = { ...(kind.def.prepare ? kind.def.prepare(p.input ?? {}, this.env) : p.input ?? {}), ...(p.requested_by ? { requested_by: p.requested_by } : {}) };
     const em = this.em();
-    const id = randomUUID();
-    const saga = em.create(Saga, {
-      id, deployment_id: input.deployment_id, tenant_id: input.tenant_id, status: "running",
-      input: { ...input, size: this.settings.dropletSize, image: this.settings.dropletImage },
-      owner_node: this.node, lease_until: new Date(now.getTime() + this.settings.leaseMs), started_at: now, finished_at: null, error: null, updated_at: now,
+    const created = await em.transactional(async (tx) => {
+      await tx.execute(LOCK_DEPLOYMENT, [p.deployment_id]);
+      const rows = await tx.execute(
+        `insert into sagas (id, kind, deployment_id, tenant_id, input, status, owner_node, lease_until, started_at, finished_at, error, updated_at)
+         values (?, ?, ?, ?, ?::jsonb, 'running', null, null, now(), null, null, now()) on conflict (id) do nothing returning id`,
+        [p.id, p.kind, p.deployment_id, p.tenant_id, JSON.stringify(input)],
+      );
+      if (!rows.length) return false;
+      const values = kind.def.steps.map(() => `(gen_random_uuid(), ?, ?, ?, 'pending', 0, '{}'::jsonb, 0)`).join(", ");
+      await tx.execute(
+        `insert into saga_steps (id, saga_id, idx, name, status, attempts, output, compensation_attempts) values ${values}`,
+        kind.def.steps.flatMap((s, idx) => [p.id, idx, s.name]),
+      );
+      // Inside the deployment's lock every older saga is committed: held or not is decided here, once.
+      const claimed = await tx.execute(`update sagas s set owner_node = ?, lease_until = now() + (? || ' milliseconds')::interval where s.id = ? and not ${HELD} returning s.id`, [
+        this.node, String(this.settings.leaseMs), p.id,
+      ]);
+      return { claimed: claimed.length > 0 };
     });
-    const steps = this.steps.map((s, idx) =>
-      em.create(SagaStep, { id: randomUUID(), saga_id: id, idx, name: s.name, status: "pending", attempts: 0, output: {}, compensation_attempts: 0, started_at: null, finished_at: null, error: null, compensation_error: null, compensated_at: null }),
-    );
-    await em.flush();
-    // Ties the HTTP request that asked for it to the saga, whose own lines use the saga id as request id.
-    this.logger.info({ request_id: requestId, saga_id: id, deployment_id: input.deployment_id }, "provisioning saga created");
-    this.emit("provisioning.saga.started", saga);
-    setImmediate(() => void this.drive(id));
-    return sagaDto(saga, steps);
+    const found = (await this.get(p.id))!;
+    if (!created) {
+      if (found.saga.deployment_id !== p.deployment_id || found.saga.kind !== p.kind)
+        throw conflict(`Saga ${p.id} exists for another deployment or kind`, "SAGA_ID_CONFLICT", { id: p.id });
+      return sagaDto(found.saga, found.steps);
+    }
+    // Ties the request that asked for it to the saga, whose own lines use the saga id as request id.
+    this.logger.info({ request_id: requestId, saga_id: p.id, kind: p.kind, deployment_id: p.deployment_id, held: !created.claimed }, "saga created");
+    this.emit("provisioning.saga.started", found.saga);
+    if (created.claimed) setImmediate(() => void this.drive(p.id));
+    return sagaDto(found.saga, found.steps);
   }
 
   async get(id: string): Promise<{ saga: Saga; steps: SagaStep[] } | null> {
     return this.findWithSteps({ id });
   }
 
-  async list(status: SagaStatus | undefined, limit: number): Promise<SagaDto[]> {
+  /** Newest first, keyset over (started_at, id); filters by status, kind, deployment and tenant. */
+  async list(f: { status?: SagaStatus; kind?: string; deployment_id?: string; tenant_id?: string; limit: number; cursor?: string }): Promise<{ items: SagaDto[]; next_cursor: string | null }> {
     const em = this.em();
-    const sagas = await em.find(Saga, status ? { status } : {}, { orderBy: { started_at: "desc" }, limit });
-    const steps = sagas.length ? await em.find(SagaStep, { saga_id: { $in: sagas.map((s) => s.id) } }) : [];
-    return sagas.map((s) => sagaDto(s, steps.filter((st) => st.saga_id === s.id)));
+    const where: Record<string, unknown> = {};
+    for (const k of ["status", "kind", "deployment_id", "tenant_id"] as const) if (f[k]) where[k] = f[k];
+    if (f.cursor) {
+      const c = decodeCursor(f.cursor);
+      where.$or = [{ started_at: { $lt: c.insertedAt } }, { started_at: c.insertedAt, id: { $lt: c.id } }];
+    }
+    const sagas = await em.find(Saga, where as any, { orderBy: [{ started_at: "desc" }, { id: "desc" }] as any, limit: f.limit + 1 });
+    const page = sagas.slice(0, f.limit);
+    const steps = page.length ? await em.find(SagaStep, { saga_id: { $in: page.map((s) => s.id) } }) : [];
+    const last = page[page.length - 1];
+    return {
+      items: page.map((s) => sagaDto(s, steps.filter((st) => st.saga_id === s.id))),
+      next_cursor: sagas.length > f.limit && last ? encodeCursor(last.started_at, last.id) : null,
+    };
   }
 
   async newestFor(deploymentId: string) {
@@ -169,24 +281,24 @@ export class SagaEngine {
   /** One saga (the newest matching) and its steps in order: two queries, on the GET /deployments/:id path too. */
   private async findWithSteps(where: { id: string } | { deployment_id: string }): Promise<{ saga: Saga; steps: SagaStep[] } | null> {
     const em = this.em();
-    const saga = await em.findOne(Saga, where, { orderBy: { started_at: "desc" } });
+    const saga = await em.findOne(Saga, where, { orderBy: { seq: "desc" } });
     if (!saga) return null;
     return { saga, steps: await em.find(SagaStep, { saga_id: saga.id }, { orderBy: { idx: "asc" } }) };
   }
 
-  /** Claims sagas whose owner has gone (lease expired) and drives them here. */
+  /** Claims open sagas nobody holds (lease expired, or held sagas whose turn has come) and drives them here. */
   async sweep(): Promise<number> {
     const room = this.settings.maxConcurrent - this.driving.size;
     if (room <= 0) return 0;
     const rows = await this.em().execute<{ id: string }[]>(
       `update sagas set owner_node = ?, lease_until = now() + (? || ' milliseconds')::interval
-       where id in (select id from sagas where status in ('running','compensating') and (lease_until is null or lease_until < now())
-                    order by started_at limit ? for update skip locked)
+       where id in (select s.id from sagas s where s.status in ${OPEN} and (s.lease_until is null or s.lease_until < now()) and not ${HELD}
+                    order by s.seq limit ? for update skip locked)
        returning id`,
       [this.node, String(this.settings.leaseMs), room],
     );
     for (const { id } of rows) {
-      this.logger.info({ saga_id: id }, "resuming saga");
+      this.logger.info({ saga_id: id }, "driving saga");
       void this.drive(id);
     }
     return rows.length;
@@ -201,29 +313,39 @@ export class SagaEngine {
     if (!rows.length) throw new LeaseLost(id);
   }
 
-  /** Operator retry of a saga whose compensation gave up. */
+  /**
+   * Operator retry: a `compensation_failed` saga compensates again from the step that failed, a `failed` one runs
+   * again from its failed step. It goes to the back of its deployment's queue (a newer open saga runs first).
+   */
   async retry(id: string): Promise<boolean> {
     const em = this.em();
     const claimed = await em.transactional(async (tx) => {
+      const [row] = await tx.execute(`select deployment_id, status from sagas where id = ?`, [id]);
+      if (!row || !["compensation_failed", "failed"].includes(row.status)) return null;
+      await tx.execute(LOCK_DEPLOYMENT, [row.deployment_id]);
+      const to = row.status === "failed" ? "running" : "compensating";
       const rows = await tx.execute(
-        `update sagas set status = 'compensating', finished_at = null, owner_node = ?, lease_until = now() + (? || ' milliseconds')::interval, updated_at = now()
-         where id = ? and status = 'compensation_failed' returning id`,
-        [this.node, String(this.settings.leaseMs), id],
+        `update sagas set status = ?, finished_at = null, owner_node = null, lease_until = null, seq = nextval('sagas_seq'), updated_at = now(), error = case when ? then null else error end
+         where id = ? and status = ? returning id`,
+        [to, to === "running", id, row.status],
       );
-      if (!rows.length) return false;
-      await tx.execute(`update saga_steps set status = 'compensating' where saga_id = ? and status = 'compensation_failed'`, [id]);
-      await tx.execute(
-        `update saga_compensations set status = 'pending', attempts = 0, next_attempt_at = now() where saga_id = ? and status in ('failed','sent','pending')`,
-        [id],
-      );
-      return true;
+      if (!rows.length) return null;
+      if (to === "running") {
+        await tx.execute(`update saga_steps set status = 'pending', error = null, finished_at = null where saga_id = ? and status in ('failed','running')`, [id]);
+      } else {
+        await tx.execute(`update saga_steps set status = 'compensating' where saga_id = ? and status = 'compensation_failed'`, [id]);
+        await tx.execute(`update saga_compensations set status = 'pending', attempts = 0, next_attempt_at = now() where saga_id = ? and status in ('failed','sent','pending')`, [id]);
+      }
+      const mine = await tx.execute(`update sagas s set owner_node = ?, lease_until = now() + (? || ' milliseconds')::interval where s.id = ? and not ${HELD} returning s.id`, [
+        this.node, String(this.settings.leaseMs), id,
+      ]);
+      return { to, mine: mine.length > 0 };
     });
-    if (claimed) {
-      const s = await this.get(id);
-      if (s) this.emit("provisioning.saga.compensating", s.saga);
-      setImmediate(() => void this.drive(id));
-    }
-    return claimed;
+    if (!claimed) return false;
+    const s = await this.get(id);
+    if (s) this.emit(`provisioning.saga.${claimed.to === "running" ? "started" : "compensating"}`, s.saga);
+    if (claimed.mine) setImmediate(() => void this.drive(id));
+    return true;
   }
 
   /** An owning service's answer to a compensation request. Late or repeated answers change nothing. */
@@ -242,6 +364,18 @@ export class SagaEngine {
     return true;
   }
 
+  private kindContext(saga: Saga): KindContext<Env> {
+    return {
+      saga,
+      input: saga.input ?? {},
+      env: this.env,
+      call: (action, params, opts) => this.broker.call(action, params, { meta: { user: this.user, saga_id: saga.id }, requestID: saga.id, ...(opts?.timeout ? { timeout: opts.timeout } : {}) }),
+      knows: (action) => !!(this.broker.registry as any).getActionEndpoints(action)?.hasAvailable(),
+      logger: this.logger,
+      sleep,
+    };
+  }
+
   private async drive(id: string) {
     if (this.driving.has(id) || this.stopped) return;
     this.driving.add(id);
@@ -250,8 +384,13 @@ export class SagaEngine {
       // Read once; forward steps keep the rows in memory up to date (every write goes through updateStep), so
       // only the rarer moves into and through compensation read them again.
       let state = await this.get(id);
+      const kind = state && this.kinds.get(state.saga.kind);
+      if (state && !kind) {
+        this.logger.error({ saga_id: id, kind: state.saga.kind }, "this node does not know the saga's kind");
+        return;
+      }
       for (;;) {
-        if (this.stopped || !state) return;
+        if (this.stopped || !state || !kind) return;
         this.checkLease(id);
         const { saga, steps } = state;
         if (saga.status === "running") {
@@ -260,12 +399,16 @@ export class SagaEngine {
             await this.finish(saga, "succeeded");
             return;
           }
-          if (next.status === "failed" || !(await this.runStep(saga, steps, next))) {
+          if (next.status === "failed" || !(await this.runStep(kind.def, saga, steps, next))) {
+            if (kind.def.onFailure === "forward") {
+              await this.end(kind.def, saga, "failed", `${next.name}: ${next.error}`);
+              return;
+            }
             await this.beginCompensation(saga.id);
             state = await this.get(id);
           }
         } else if (saga.status === "compensating") {
-          if ((await this.compensateNext(saga, steps)) === "finished") return;
+          if ((await this.compensateNext(kind, saga, steps)) === "finished") return;
           state = await this.get(id);
         } else {
           return;
@@ -288,7 +431,8 @@ export class SagaEngine {
   private keepLease(id: string): () => void {
     let busy = false;
     const timer = setInterval(() => {
-      if (busy) return;
+      // A stopped engine holds nothing: the sweep of another node takes its sagas over once their lease lapses.
+      if (busy || this.halted) return;
       busy = true;
       this.renew(id)
         .catch((err) => {
@@ -296,8 +440,10 @@ export class SagaEngine {
         })
         .finally(() => (busy = false));
     }, Math.max(10, Math.floor(this.settings.leaseMs / 3)));
+    this.leaseTimers.add(timer);
     return () => {
       clearInterval(timer);
+      this.leaseTimers.delete(timer);
       this.lost.delete(id);
     };
   }
@@ -307,33 +453,41 @@ export class SagaEngine {
     if (this.lost.has(id)) throw new LeaseLost(id);
   }
 
-  private async runStep(saga: Saga, all: SagaStep[], step: SagaStep): Promise<boolean> {
-    const def = this.byName.get(step.name)!;
+  private async runStep(kind: SagaKind<Env>, saga: Saga, all: SagaStep[], step: SagaStep): Promise<boolean> {
+    const def = this.kinds.get(kind.kind)!.steps.get(step.name)!;
     const outputs = Object.fromEntries(all.map((s) => [s.name, s.output ?? {}]));
-    for (;;) {
+    // Forward-only kinds retry every failure (their steps are idempotent); compensating kinds only transient ones.
+    const retryAll = kind.onFailure === "forward";
+    for (let tries = 1; ; tries++) {
       const t0 = Date.now();
-      await this.updateStep(step, { status: "running", attempts: step.attempts + 1, started_at: step.started_at ?? new Date(), error: null });
-      this.emitStep("provisioning.step.started", saga, step);
-      const ctx: StepContext = {
-        saga, outputs, step, settings: this.settings,
-        call: (action, params) => this.broker.call(action, params, { meta: { user: this.user, saga_id: saga.id }, requestID: saga.id }),
-        recordIntent: async (output) => this.updateStep(step, { output: { ...step.output, ...output } }),
+      const ctx: StepContext<Env> = {
+        ...this.kindContext(saga),
+        outputs, step,
+        recordIntent: async (output, compensateInput) =>
+          this.updateStep(step, { output: { ...step.output, ...output }, ...(compensateInput ? { compensate_input: { ...(step.compensate_input ?? {}), ...compensateInput } } : {}) }),
         heartbeat: async () => this.checkLease(saga.id),
-        sleep,
       };
+      const before = def.compensate?.before?.(ctx);
+      await this.updateStep(step, { status: "running", attempts: step.attempts + 1, started_at: step.started_at ?? new Date(), error: null, ...(before ? { compensate_input: { ...(step.compensate_input ?? {}), ...before } } : {}) });
+      this.emitStep("provisioning.step.started", saga, step);
       try {
-        const output = await def.run(ctx);
-        await this.updateStep(step, { status: "succeeded", finished_at: new Date(), output: { ...step.output, ...output } });
+        const res = await def.invoke(ctx);
+        const response = res instanceof StepResponse ? res : new StepResponse((res ?? {}) as Record<string, unknown>);
+        const output = { ...step.output, ...response.output };
+        // As Medusa's StepResponse: without an explicit compensate input, the undo gets the output.
+        const compensateInput = !def.compensate ? null : response.compensateInput === undefined ? { ...(step.compensate_input ?? {}), ...response.output } : response.compensateInput;
+        await this.updateStep(step, { status: "succeeded", finished_at: new Date(), output, compensate_input: compensateInput });
         this.emitStep("provisioning.step.succeeded", saga, step);
         this.metrics.stepFinished(step.name, "succeeded", (Date.now() - t0) / 1000);
         return true;
       } catch (err: any) {
         if (err instanceof LeaseLost) throw err;
         const message = err?.message ?? String(err);
-        if (isTransient(err) && step.attempts < this.settings.stepMaxAttempts) {
-          this.logger.warn({ request_id: saga.id, saga_id: saga.id, deployment_id: saga.deployment_id, step: step.name, attempt: step.attempts, err: message }, "transient step failure; retrying");
+        if ((retryAll || isTransient(err)) && tries < this.settings.stepMaxAttempts) {
+          this.logger.warn({ request_id: saga.id, saga_id: saga.id, deployment_id: saga.deployment_id, step: step.name, attempt: tries, err: message }, "step failed; retrying");
           await this.updateStep(step, { error: message });
-          await sleep(backoff(this.settings.backoffMs, step.attempts));
+          await sleep(backoff(this.settings.backoffMs, tries));
+          this.checkLease(saga.id);
           continue;
         }
         await this.updateStep(step, { status: "failed", finished_at: new Date(), error: message });
@@ -360,17 +514,18 @@ export class SagaEngine {
   }
 
   /** Undoes the latest step that still needs it; "finished" when the saga reached a final state. */
-  private async compensateNext(saga: Saga, steps: SagaStep[]): Promise<"continue" | "finished"> {
+  private async compensateNext(kind: { def: SagaKind<Env>; steps: Map<string, StepDef<Env>> }, saga: Saga, steps: SagaStep[]): Promise<"continue" | "finished"> {
+    const undoable = (s: SagaStep) => !!kind.steps.get(s.name)?.compensate && s.compensate_input != null;
     const target = [...steps]
       .sort((a, b) => b.idx - a.idx)
-      .find((s) => s.status === "succeeded" || s.status === "compensating" || s.status === "running" || (s.status === "failed" && !s.compensated_at && this.byName.get(s.name)?.compensation));
+      .find((s) => s.status === "succeeded" || s.status === "compensating" || s.status === "running" || (s.status === "failed" && !s.compensated_at && undoable(s)));
     if (!target) {
-      await this.finish(saga, "compensated");
+      await this.end(kind.def, saga, "compensated");
       return "finished";
     }
-    const def = this.byName.get(target.name)!;
-    if (!def.compensation) {
-      // Nothing of its own to undo (the droplet it waited on is destroyed by create_droplet's compensation).
+    const def = kind.steps.get(target.name)!;
+    if (!undoable(target) && target.status !== "compensating") {
+      // Nothing of its own to undo (e.g. a wait: what it waited on goes with the step that made it).
       await this.updateStep(target, target.status === "running" ? { status: "failed", finished_at: new Date(), compensated_at: new Date() } : { status: "compensated", compensated_at: new Date() });
       this.emitStep("provisioning.step.compensated", saga, target);
       return "continue";
@@ -381,10 +536,10 @@ export class SagaEngine {
     if (!req) {
       // The request and the step's move to `compensating` commit together: the request cannot be lost.
       await em.transactional(async (tx) => {
-        const outputs = Object.fromEntries(steps.map((s) => [s.name, s.output ?? {}]));
         req = tx.create(CompensationRequest, {
-          id: randomUUID(), saga_id: saga.id, step_name: target.name, owner: def.compensation!.owner, status: "pending", attempts: 0,
-          payload: this.compensationPayload(saga, target.name, def.compensation!.op, outputs), next_attempt_at: new Date(), last_error: null, created_at: new Date(), confirmed_at: null,
+          id: randomUUID(), saga_id: saga.id, step_name: target.name, owner: def.compensate!.owner, status: "pending", attempts: 0,
+          payload: { ...(target.compensate_input ?? {}), saga_id: saga.id, kind: saga.kind, step: target.name, op: def.compensate!.op, deployment_id: saga.deployment_id, tenant_id: saga.tenant_id },
+          next_attempt_at: new Date(), last_error: null, created_at: new Date(), confirmed_at: null,
         });
         const s = await tx.findOneOrFail(SagaStep, { id: target.id });
         if (s.status === "succeeded" || s.status === "running") s.status = s.status === "running" ? "failed" : "compensating";
@@ -392,11 +547,11 @@ export class SagaEngine {
       Object.assign(target, (await this.get(saga.id))!.steps.find((s) => s.id === target.id));
       this.emitStep("provisioning.step.compensating", saga, target);
     }
-    return this.deliver(saga, target, req!.id);
+    return this.deliver(kind.def, saga, target, req!.id);
   }
 
   /** Sends one compensation request and waits for its confirmation, the ack timeout, or the next retry. */
-  private async deliver(saga: Saga, step: SagaStep, requestId: string): Promise<"continue" | "finished"> {
+  private async deliver(kind: SagaKind<Env>, saga: Saga, step: SagaStep, requestId: string): Promise<"continue" | "finished"> {
     const em = this.em();
     const req = await em.findOneOrFail(CompensationRequest, { id: requestId });
     if (req.status === "pending") {
@@ -439,7 +594,7 @@ export class SagaEngine {
       await e2.flush();
       await this.updateStep(step, { status: "compensation_failed", compensation_error: error });
       this.emitStep("provisioning.step.compensation_failed", saga, step);
-      await this.finish(saga, "compensation_failed", `${step.name} compensation: ${error}`);
+      await this.end(kind, saga, "compensation_failed", `${step.name} compensation: ${error}`);
       return "finished";
     }
     fresh.status = "pending";
@@ -450,27 +605,41 @@ export class SagaEngine {
     return "continue";
   }
 
-  private compensationPayload(saga: Saga, step: string, op: string, outputs: Record<string, Record<string, any>>) {
-    const created = outputs.create_droplet ?? {};
-    return {
-      saga_id: saga.id, step, op, deployment_id: saga.deployment_id, tenant_id: saga.tenant_id, requested_by: saga.input.requested_by ?? null,
-      tag: created.tag ?? null, droplet_id: created.droplet_id ?? null,
-      resource_id: outputs.register_inventory?.resource_id ?? null,
-    };
+  /** The kind's last word (best effort), then the end. */
+  private async end(kind: SagaKind<Env>, saga: Saga, status: SagaStatus, error?: string) {
+    if (kind.onEnd) {
+      this.checkLease(saga.id);
+      await kind.onEnd(this.kindContext(saga), status).catch((err) => this.logger.warn({ saga_id: saga.id, err: err?.message }, "saga end hook failed"));
+    }
+    await this.finish(saga, status, error);
   }
 
-  /** Ends the saga and gives up the lease, in one statement that only the lease holder's can match. */
+  /**
+   * Ends the saga and gives up the lease, in one statement only the lease holder's can match; under the
+   * deployment's lock, the next held saga of the deployment is handed to this node in the same transaction.
+   */
   private async finish(saga: Saga, status: SagaStatus, error?: string) {
     const now = new Date();
-    const rows = await this.em().execute(
-      `update sagas set status = ?, finished_at = ?, updated_at = ?, owner_node = null, lease_until = null, error = coalesce(?, error)
-       where id = ? and owner_node = ? returning error`,
-      [status, now, now, error ?? null, saga.id, this.node],
-    );
-    if (!rows.length) throw new LeaseLost(saga.id);
-    Object.assign(saga, { status, finished_at: now, updated_at: now, error: rows[0].error });
+    const result = await this.em().transactional(async (tx) => {
+      await tx.execute(LOCK_DEPLOYMENT, [saga.deployment_id]);
+      const rows = await tx.execute(
+        `update sagas set status = ?, finished_at = ?, updated_at = ?, owner_node = null, lease_until = null, error = coalesce(?, error)
+         where id = ? and owner_node = ? returning error`,
+        [status, now, now, error ?? null, saga.id, this.node],
+      );
+      if (!rows.length) throw new LeaseLost(saga.id);
+      const next = await tx.execute(
+        `update sagas set owner_node = ?, lease_until = now() + (? || ' milliseconds')::interval
+         where id = (select s.id from sagas s where s.deployment_id = ? and s.status in ${OPEN} and (s.lease_until is null or s.lease_until < now()) and not ${HELD}
+                     order by s.seq limit 1 for update skip locked) returning id`,
+        [this.node, String(this.settings.leaseMs), saga.deployment_id],
+      );
+      return { error: rows[0].error, next: next[0]?.id as string | undefined };
+    });
+    Object.assign(saga, { status, finished_at: now, updated_at: now, error: result.error });
     this.emit(`provisioning.saga.${status}`, saga);
     this.metrics.sagaFinished(status);
+    if (result.next) setImmediate(() => void this.drive(result.next!));
   }
 
   /**
@@ -478,9 +647,12 @@ export class SagaEngine {
    * not know yet) cannot record anything, nor start a step's forward call, which comes after the `running` write.
    */
   private async updateStep(step: SagaStep, patch: Partial<SagaStep>) {
+    // A stopped engine records nothing more: it no longer renews its leases, so another node may own the saga now.
+    if (this.halted) throw new LeaseLost(step.saga_id);
     const cols = Object.keys(patch) as (keyof SagaStep & string)[];
-    const sets = cols.map((c) => (c === "output" ? "output = ?::jsonb" : `${c} = ?`)).join(", ");
-    const values = cols.map((c) => (c === "output" ? JSON.stringify(patch.output) : patch[c]));
+    const json = (c: string) => c === "output" || c === "compensate_input";
+    const sets = cols.map((c) => (json(c) ? `${c} = ?::jsonb` : `${c} = ?`)).join(", ");
+    const values = cols.map((c) => (json(c) ? (patch[c] == null ? null : JSON.stringify(patch[c])) : patch[c]));
     const rows = await this.em().execute(
       `update saga_steps set ${sets} where id = ? and exists (select 1 from sagas where id = ? and owner_node = ?) returning id`,
       [...values, step.id, step.saga_id, this.node],
@@ -490,11 +662,11 @@ export class SagaEngine {
   }
 
   private emit(event: string, saga: Saga) {
-    this.logger.info({ request_id: saga.id, saga_id: saga.id, deployment_id: saga.deployment_id, status: saga.status, error: saga.error ?? undefined }, event);
-    this.broker.broadcast(event, { saga_id: saga.id, deployment_id: saga.deployment_id, tenant_id: saga.tenant_id, status: saga.status, error: saga.error ?? null });
+    this.logger.info({ request_id: saga.id, saga_id: saga.id, kind: saga.kind, deployment_id: saga.deployment_id, status: saga.status, error: saga.error ?? undefined }, event);
+    this.broker.broadcast(event, { saga_id: saga.id, kind: saga.kind, deployment_id: saga.deployment_id, tenant_id: saga.tenant_id, status: saga.status, error: saga.error ?? null });
   }
   private emitStep(event: string, saga: Saga, step: SagaStep) {
-    this.logger.info({ request_id: saga.id, saga_id: saga.id, deployment_id: saga.deployment_id, step: step.name, status: step.status, attempts: step.attempts, error: step.error ?? undefined }, event);
-    this.broker.broadcast(event, { saga_id: saga.id, deployment_id: saga.deployment_id, step: step.name, status: step.status, attempts: step.attempts, error: step.error ?? null, output: step.output ?? {} });
+    this.logger.info({ request_id: saga.id, saga_id: saga.id, kind: saga.kind, deployment_id: saga.deployment_id, step: step.name, status: step.status, attempts: step.attempts, error: step.error ?? undefined }, event);
+    this.broker.broadcast(event, { saga_id: saga.id, kind: saga.kind, deployment_id: saga.deployment_id, tenant_id: saga.tenant_id, step: step.name, status: step.status, attempts: step.attempts, error: step.error ?? null, output: step.output ?? {} });
   }
 }
