@@ -1,6 +1,7 @@
 import type { BrokerOptions } from "moleculer";
 import { ClearValidator } from "./lib/validator";
 import { LogContextMiddleware } from "./lib/log-context";
+import { UnavailableMiddleware } from "./lib/errors";
 
 /**
  * Broker settings shared by every node. NATS when TRANSPORTER is set, in-process otherwise;
@@ -11,7 +12,7 @@ export function brokerConfig(env = process.env): BrokerOptions {
   return {
     namespace: env.NAMESPACE ?? "arcadia",
     nodeID: env.NODE_ID || undefined,
-    transporter: env.TRANSPORTER ? { type: "NATS", options: { url: env.TRANSPORTER } } : undefined,
+    transporter: env.TRANSPORTER ? { type: "NATS", options: natsOptions(env.TRANSPORTER) } : undefined,
     serializer: "JSON",
     logger: env.LOG_LEVEL === "silent" ? false : { type: "Pino", options: { level: env.LOG_LEVEL ?? "info", pino: { options: { base: { node: env.NODE_ID } } } } },
     requestTimeout: 15_000,
@@ -21,7 +22,8 @@ export function brokerConfig(env = process.env): BrokerOptions {
     retryPolicy: { enabled: false },
     validator: new ClearValidator(),
     // Access (lib/access.ts) is enforced through the validator, so it runs before parameter validation.
-    middlewares: [LogContextMiddleware],
+    // UnavailableMiddleware: a database that cannot be reached answers 503 SERVICE_UNAVAILABLE from any action (lib/errors.ts).
+    middlewares: [LogContextMiddleware, UnavailableMiddleware],
     metrics: metricsPort
       ? { enabled: true, reporter: [{ type: "Prometheus", options: { port: metricsPort, path: "/metrics" } }] }
       : { enabled: false },
@@ -30,3 +32,19 @@ export function brokerConfig(env = process.env): BrokerOptions {
 }
 
 export default brokerConfig();
+
+/**
+ * NATS client settings so a node rides out a NATS restart of any length and rejoins by itself: reconnect for
+ * ever, every 500 ms (nats.js adds jitter); a node started while NATS is down waits for it instead of exiting;
+ * a server that stopped answering is noticed within ~15 s by pings, not by the OS's TCP timeout.
+ */
+export function natsOptions(url: string) {
+  return {
+    url,
+    maxReconnectAttempts: -1,
+    reconnectTimeWait: 500,
+    waitOnFirstConnect: true,
+    pingInterval: 5000,
+    maxPingOut: 3,
+  };
+}

@@ -4,6 +4,7 @@ import { Client } from "pg";
 import type { ServiceBroker, ServiceSchema, Context } from "moleculer";
 import type { EntityManager } from "@mikro-orm/postgresql";
 import { migrationsList } from "../migrations";
+import { hardenPool, poolSettings } from "./db-pool";
 
 export type Orm = MikroORM;
 
@@ -30,6 +31,8 @@ function baseConfig(entities: any[]) {
     entities,
     clientUrl: databaseUrl(),
     pool: { min: 0, max: Number(process.env.DB_POOL_MAX ?? 10) },
+    // Bounded waits and broken connections dropped and replaced: the pool recovers from any number of outages (lib/db-pool.ts).
+    driverOptions: { ...poolSettings(), onPoolCreated: hardenPool },
     debug: false,
     allowGlobalContext: false,
     ensureDatabase: false,

@@ -5,6 +5,9 @@ import { authConfigFromEnv, createVerifier } from "../lib/auth";
 import type { Access, User } from "../lib/access";
 import { openApiDocument } from "./api/openapi";
 import { WATCH_ALIAS, WatchMixin } from "./api/watch";
+import { inputLimits } from "./api/input-limits";
+import { readiness, routedServices, watchTransporter } from "./api/ready";
+import { toClientError, unauthorized, serviceUnavailable, RETRY_AFTER_S } from "../lib/errors";
 import { IdempotencyStore } from "./api/idempotency";
 import { WriteRateLimit, recordSuccess, refuseParamsOfSchemalessAction, withIdempotency } from "./api/app-guards";
 
@@ -79,10 +82,15 @@ const ApiService: ServiceSchema<any> = {
         authentication: true,
         mappingPolicy: "restrict",
         aliases: { ...PUBLIC_ALIASES, ...API_ALIASES, [WATCH_ALIAS](this: any, req: any, res: any, next: any) { this.watchAlias(req, res, next); } },
-        bodyParsers: { json: { strict: true, limit: "256kb" }, urlencoded: false },
+        // One body reader enforcing SPEC §8's input limits (size, depth, encoding, NUL, non-finite numbers) before
+        // anything parses deep: services/api/input-limits.ts.
+        bodyParsers: false,
+        use: [inputLimits],
         callOptions: { timeout: 30_000 },
         onBeforeCall(this: any, ctx: Context<unknown, Record<string, unknown>>, _route: unknown, req: Req) {
           (req as any).$startedAt = Date.now();
+          // NATS is down: answer 503 now rather than after the request timeout (services/api/ready.ts).
+          if (this.transporter?.down() && !Object.values(PUBLIC_ALIASES).includes((req as any).$action?.name)) throw serviceUnavailable("The message transport is reconnecting; retry shortly", RETRY_AFTER_S, { reason: "TRANSPORTER_DISCONNECTED" });
           this.logger.info({ request_id: ctx.requestID, method: req.method, url: req.url, action: (req as any).$action?.name }, "request");
         },
         onAfterCall(this: any, ctx: Context<unknown, Record<string, unknown>>, _route: unknown, req: Req, res: ServerResponse, data: unknown) {
@@ -92,17 +100,18 @@ const ApiService: ServiceSchema<any> = {
       },
     ],
     onError(this: any, req: Req, res: ServerResponse, err: any) {
-      // A body that is not a JSON object is invalid input like any other: 422 VALIDATION_ERROR, not body-parser's 400.
-      if (err?.type === "entity.parse.failed") err = { name: "ValidationError", message: "The request body must be a JSON object", code: 422, type: "VALIDATION_ERROR", data: null };
+      // Unreachable database or service (connection refused, pool timeout, not yet discovered, timed out): 503 + retry-after.
+      err = toClientError(err);
       const status = Number.isInteger(err?.code) && err.code >= 400 && err.code < 600 ? err.code : 500;
       // Server faults are logged in full and answered without internals.
       const requestId = req.$ctx?.requestID;
-      if (status >= 500) this.logger.error({ request_id: requestId, err, url: req.url }, "request failed");
+      if (status >= 500 && status !== 503) this.logger.error({ request_id: requestId, err, url: req.url }, "request failed");
       else this.logger.info({ request_id: requestId, method: req.method, url: req.url, status, type: err?.type }, "response");
       const body =
-        status >= 500 && !["SERVICE_NOT_AVAILABLE", "SERVICE_NOT_FOUND", "REQUEST_TIMEOUT"].includes(err?.type)
+        status >= 500 && status !== 503
           ? { name: "MoleculerError", message: "Internal server error", code: status, type: err?.type ?? "INTERNAL_ERROR", data: null }
           : { name: err.name, message: err.message, code: status, type: err.type ?? null, data: err.data ?? null };
+      if (status === 503 || status === 429) res.setHeader("Retry-After", String(err.data?.retry_after ?? RETRY_AFTER_S));
       res.setHeader("Content-Type", "application/json; charset=utf-8");
       res.writeHead(status);
       res.end(JSON.stringify(body));
@@ -111,6 +120,14 @@ const ApiService: ServiceSchema<any> = {
 
   created() {
     this.verify = createVerifier(this.settings.auth ?? authConfigFromEnv());
+    // Requests Node's HTTP parser refuses before we see them (control characters in a header, headers over
+    // 16 KB): answered in the API's error shape instead of a bare "400 Bad Request".
+    this.server?.on("clientError", (err: NodeJS.ErrnoException, socket: import("node:net").Socket) => {
+      if (!socket.writable) return socket.destroy();
+      const [code, message] = err.code === "HPE_HEADER_OVERFLOW" ? [431, "Request headers are too large"] : [400, "The request could not be parsed"];
+      const body = JSON.stringify({ name: "MoleculerClientError", message, code, type: code === 431 ? "HEADERS_TOO_LARGE" : "BAD_REQUEST", data: null });
+      socket.end(`HTTP/1.1 ${code} ${code === 431 ? "Request Header Fields Too Large" : "Bad Request"}\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`);
+    });
     // SPEC §9 (services/api/app-guards.ts): write rate limit per tenant token, idempotency keys in PostgreSQL.
     this.writeLimit = new WriteRateLimit(Number(this.settings.rateLimitWritesPerMin ?? process.env.RATE_LIMIT_WRITES_PER_MIN ?? 600));
     this.idempotency = new IdempotencyStore({
@@ -121,9 +138,11 @@ const ApiService: ServiceSchema<any> = {
     });
   },
   started() {
+    this.transporter = watchTransporter(this.broker);
     this.idempotency.startSweep(Number(process.env.IDEMPOTENCY_SWEEP_MS ?? 3600_000), (err: Error) => this.logger.warn({ err: err.message }, "idempotency sweep failed"));
   },
   async stopped() {
+    this.transporter?.stop();
     await this.idempotency.close();
   },
 
@@ -150,20 +169,11 @@ const ApiService: ServiceSchema<any> = {
     ready: {
       access: "public",
       async handler(this: any, ctx: Context<unknown, { $statusCode?: number }>) {
-        const checks: Record<string, string> = {};
-        checks.transporter = !this.broker.transit || this.broker.transit.connected ? "ok" : "disconnected";
-        // Every database-backed service this cluster runs answers for its own connection; inventory also for the provider.
-        const answers = await Promise.all(
-          this.readyActions().map((a: string) =>
-            ctx.call<{ database: boolean; provider?: string }, object>(a, {}, { timeout: 3000 }).catch((e: Error) => ({ database: false, error: e.message })),
-          ),
-        );
-        const dbs = answers.map((r: any) => (r.database ? "ok" : `failed${r.error ? `: ${r.error}` : ""}`));
-        checks.database = !dbs.length ? "no database service discovered" : (dbs.find((d: string) => d !== "ok") ?? "ok");
-        const providers = answers.map((r: any) => r.provider).filter((p: unknown): p is string => typeof p === "string");
-        if (providers.length) checks.provider = providers.find((p: string) => p !== "ok") ?? "ok";
-        const ok = Object.values(checks).every((c) => c === "ok");
-        if (!ok) ctx.meta.$statusCode = 503;
+        const { ok, checks } = await readiness(this.broker, ctx, routedServices(API_ALIASES), this.transporter?.down());
+        if (!ok) {
+          ctx.meta.$statusCode = 503;
+          (ctx.meta as any).$responseHeaders = { "Retry-After": String(RETRY_AFTER_S) };
+        }
         return { status: ok ? "ok" : "unavailable", checks };
       },
     },
@@ -175,18 +185,22 @@ const ApiService: ServiceSchema<any> = {
       refuseParamsOfSchemalessAction(req as any);
       return withIdempotency(this.idempotency, req as any, res, () => (ApiGateway as any).methods.callAction.call(this, route, actionName, req, res, params, isStream));
     },
-    readyActions(this: any): string[] {
-      const running = new Set<string>(this.broker.registry.getServiceList({ onlyAvailable: true }).map((s: { fullName: string }) => s.fullName));
-      return ["v1.deployments", "v1.subscriptions", "v1.inventory", "v1.dns", "v1.provisioning", "v1.billing", "v1.webhooks"].filter((s) => running.has(s)).map((s) => `${s}.ready`);
-    },
     async authenticate(this: any, _ctx: Context, _route: unknown, req: Req, res: ServerResponse, alias: { action?: string }): Promise<User | null> {
       if (alias?.action && Object.values(PUBLIC_ALIASES).includes(alias.action)) return null;
       const header = req.headers.authorization;
       if (!header) throw new UnAuthorizedError(ERR_NO_TOKEN, null as any);
-      const [scheme, token] = header.split(" ");
-      if (scheme?.toLowerCase() !== "bearer" || !token) throw new UnAuthorizedError(ERR_NO_TOKEN, null as any);
-      const user: User = await this.verify(token);
-      await this.writeLimit.check(req, res, user, token);
+      // Huge, malformed or non-ASCII values are a bad token (401), never a server error.
+      if (typeof header !== "string" || header.length > 8192 || !/^[\x21-\x7e ]+$/.test(header)) throw unauthorized("Malformed Authorization header");
+      const m = /^bearer +([A-Za-z0-9_\-.=+/]+)$/i.exec(header.trim());
+      if (!m) throw new UnAuthorizedError(ERR_NO_TOKEN, null as any);
+      let user: User;
+      try {
+        user = await this.verify(m[1]);
+      } catch (err) {
+        if ((err as any)?.code === 401) throw err;
+        throw unauthorized("Invalid token");
+      }
+      await this.writeLimit.check(req, res, user, m[1]);
       return user;
     },
   },

@@ -51,8 +51,8 @@ describe("OpenAPI from fastest-validator params", () => {
     });
   });
   test("error statuses follow the route's kind", () => {
-    expect(errorStatuses("GET", "/health", { summary: "", responses: {} }, "public")).toEqual([422, 503]);
-    expect(errorStatuses("GET", "/deployments/:id", { summary: "", responses: {} }, "scoped")).toEqual([401, 404, 422, 503]);
-    expect(errorStatuses("POST", "/sagas/:id/retry", { summary: "", responses: {} }, "operator")).toEqual([401, 403, 404, 409, 413, 415, 422, 429, 503]);
+    expect(errorStatuses("GET", "/health", { summary: "", responses: {} }, "public")).toEqual([400, 422, 503]);
+    expect(errorStatuses("GET", "/deployments/:id", { summary: "", responses: {} }, "scoped")).toEqual([400, 401, 404, 422, 503]);
+    expect(errorStatuses("POST", "/sagas/:id/retry", { summary: "", responses: {} }, "operator")).toEqual([400, 401, 403, 404, 409, 413, 415, 422, 429, 503]);
   });
 });

@@ -361,7 +361,7 @@ describe("the OpenAPI check of the test client", () => {
   test("every documented response status of a write includes 401, 409, 422, 429 and 503 in the error shape", async () => {
     const doc = (await http(base, "GET", "/openapi.json")).body;
     const op = doc.paths["/api/v1/deployments"].post;
-    expect(Object.keys(op.responses).sort()).toEqual(["201", "202", "401", "403", "409", "413", "415", "422", "429", "503"]);
+    expect(Object.keys(op.responses).sort()).toEqual(["201", "202", "400", "401", "403", "409", "413", "415", "422", "429", "503"]);
     expect(op.responses["409"].content["application/json"].schema).toEqual({ $ref: "#/components/schemas/Error" });
     expect(op.requestBody.content["application/json"].schema).toMatchObject({ additionalProperties: false, required: ["slug"] });
     expect(doc.paths["/api/v1/deployments"].get.parameters.map((p: any) => p.name).sort()).toEqual(["cursor", "limit", "state", "tenant_id"]);

@@ -50,10 +50,11 @@ describe("401 for missing or bad tokens", () => {
     expect((await http(base, "GET", "/nope", { token: await token({ tenant: "x" }) })).status).toBe(404);
   });
 
-  test("ready checks the database and the transporter", async () => {
+  test("ready checks the database and the transporter, and is 503 while a routed service is not discovered", async () => {
     const res = await http(base, "GET", "/ready");
-    expect(res.status).toBe(200);
-    expect(res.body).toMatchObject({ status: "ok", checks: { database: "ok", transporter: "ok" } });
+    // This node runs deployments and subscriptions only: the services its other routes need are missing.
+    expect(res.status).toBe(503);
+    expect(res.body).toMatchObject({ status: "unavailable", checks: { database: "ok", transporter: "ok", "v1.deployments": "ok", "v1.subscriptions": "ok", "v1.provisioning": "not discovered" } });
   });
 });
 

