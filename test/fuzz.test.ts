@@ -4,7 +4,8 @@ import type { ServiceBroker } from "moleculer";
 import { startSimulator, type Simulator } from "../sim/simulator";
 import { API_ALIASES } from "../services/api.service";
 import { MAX_DEPTH } from "../services/api/input-limits";
-import { apiUrl, client, startNode, token, uniq } from "./helpers";
+import { migrate } from "../lib/db";
+import { apiUrl, client, startNode, token, uniq, waitFor } from "./helpers";
 
 /*
  * SPEC §8 input limits and "bad input changes nothing", fuzzed: every POST/PATCH/DELETE route of the gateway's
@@ -13,6 +14,14 @@ import { apiUrl, client, startNode, token, uniq } from "./helpers";
  * segments and query values, non-finite numbers, huge strings, wrong types — plus randomised bodies from a fixed
  * seed, each carrying one hostile value somewhere. No answer may be 5xx, none may hang, every refusal is in the
  * moleculer-web error shape, and no table gains or loses a row. The Authorization header gets the same.
+ *
+ * "No table gains or loses a row" counts every table, so the suite runs on a database of its own (created and
+ * migrated here, dropped after). In a full run the shared test database holds what the suites before this one
+ * left: saga-start requests still to send, sagas to resume, subscriptions and invoices the billing run acts on. This
+ * node's own background loops (the deployments saga-request sweep, the provisioning sweep, the billing run) take
+ * those up while the requests run, and a suite that ended with work still in flight keeps writing there: rows that
+ * none of these requests wrote, which made the counts differ although every request was refused (seen: a resize
+ * saga with its plan change; creates with their events and sagas). On its own database every row is this suite's.
  */
 
 const SEED = 0x5eed_2026;
@@ -35,6 +44,39 @@ let db: Client;
 let opToken: string;
 let tenantToken: string;
 const ids: Record<string, string> = {};
+let sharedDatabaseUrl: string | undefined;
+let ownDatabase: { name: string; admin: string } | undefined;
+
+/** A fresh database next to the shared one, migrated; process.env.DATABASE_URL points at it until afterAll. */
+async function useOwnDatabase() {
+  sharedDatabaseUrl = process.env.DATABASE_URL;
+  const url = new URL(sharedDatabaseUrl!);
+  const name = `${url.pathname.slice(1)}_fuzz`;
+  const admin = Object.assign(new URL(url), { pathname: "/postgres" }).toString();
+  const pg = new Client({ connectionString: admin });
+  await pg.connect();
+  try {
+    await pg.query(`drop database if exists "${name}" with (force)`);
+    await pg.query(`create database "${name}"`);
+  } finally {
+    await pg.end();
+  }
+  ownDatabase = { name, admin };
+  process.env.DATABASE_URL = Object.assign(new URL(url), { pathname: `/${name}` }).toString();
+  await migrate();
+}
+
+async function dropOwnDatabase() {
+  if (sharedDatabaseUrl !== undefined) process.env.DATABASE_URL = sharedDatabaseUrl;
+  if (!ownDatabase) return;
+  const pg = new Client({ connectionString: ownDatabase.admin });
+  await pg.connect();
+  try {
+    await pg.query(`drop database if exists "${ownDatabase.name}" with (force)`);
+  } finally {
+    await pg.end();
+  }
+}
 
 /** Every field name any route knows, so random bodies hit real parameters with wrong values. */
 const FIELDS = ["slug", "display_name", "region", "state", "provision", "llm_mode", "billing_action_suspended", "template_code", "template_version", "tenant_id", "plan_code", "addons", "code", "qty", "version", "to_state", "reason", "notes", "name", "price_cents", "currency", "unit_price_cents", "droplet_size", "image", "user_data", "action", "kind", "external_id", "resource_id", "url", "events", "reference", "advance_days", "now"];
@@ -133,6 +175,7 @@ function bad(results: Sent[]) {
 }
 
 beforeAll(async () => {
+  await useOwnDatabase();
   sim = await startSimulator({ port: 0, activeAfterMs: 0 });
   const provider = { doApiUrl: sim.url, doMaxRetries: 0, doBackoffMs: 5 };
   broker = await startNode(["api", "deployments", "subscriptions", "inventory", "dns", "provisioning", "billing", "webhooks"], {
@@ -147,12 +190,38 @@ beforeAll(async () => {
   const created = await client(base, tenantToken).post("/deployments", { slug: uniq("fz") });
   expect(created.status).toBe(201);
   ids.deployment = created.body.deployment.id;
+  await settled(ids.deployment);
 }, 60_000);
+
+/**
+ * Waits until the start-up and seed work that no request of the tests does has written its rows, so `before` is
+ * counted after it: the webhooks service's first catch-up creates its two feed cursors (its later runs only move
+ * them), and the seed's `deployments.created` is published from the outbox and taken in by the webhooks service
+ * and the watch feed (each writes its row from the event, after the create answered).
+ */
+async function settled(deploymentId: string) {
+  await waitFor(
+    async () => {
+      const [r] = (
+        await db.query(
+          `select (select count(*)::int from webhook_feed_cursors) as cursors,
+                  (select count(*)::int from deployment_events where deployment_id = $1 and published_at is null) as unpublished,
+                  (select count(*)::int from webhook_events) as webhook_events,
+                  (select count(*)::int from watch_events) as watch_events`,
+          [deploymentId],
+        )
+      ).rows;
+      return r.cursors === 2 && r.unpublished === 0 && r.webhook_events > 0 && r.watch_events > 0;
+    },
+    { timeoutMs: 30_000, what: "the webhooks catch-up's cursors and the seed's event taken in" },
+  );
+}
 
 afterAll(async () => {
   await db?.end();
   await broker?.stop();
   await sim?.close();
+  await dropOwnDatabase();
 });
 
 test("a full node is ready", async () => {
@@ -220,6 +289,33 @@ test("wrong types in every known field, and huge strings, are refused by the ser
   }
   expect(sent.filter((s) => s.status < 0 || s.status >= 500).map((s) => `${s.label}: ${s.status} ${JSON.stringify(s.body).slice(0, 300)}`)).toEqual([]);
   expect(bad(sent)).toEqual([]);
+  expect(await rowCounts()).toEqual(before);
+}, 240_000);
+
+test("wrong types in each route's own fields (so strict parameters do not refuse them first): refused, nothing written", async () => {
+  // The body above carries every known field, so each route refuses it for its unknown ones before any type is
+  // looked at; here each route gets only the parameters its action declares (less the path's), all wrong at once.
+  const actions = new Map<string, Record<string, unknown>>(broker.registry.getActionList({ withEndpoints: false } as any).map((a: any) => [a.name, a.action?.params ?? {}]));
+  const wrong: unknown[] = [{ nested: { a: [1, { b: null }] } }, [[], [{}]], -1, 1e308, 0.5, "", "x".repeat(100_000), ["a"], "\u00e9".repeat(70), -1e-9];
+  const before = await rowCounts();
+  const sent: Sent[] = [];
+  let reached = 0;
+  for (const [alias, action] of Object.entries(API_ALIASES)) {
+    const [method, route] = alias.split(" ");
+    if (!["POST", "PATCH", "DELETE", "PUT"].includes(method)) continue;
+    const inPath = new Set([...route.matchAll(/:(\w+)/g)].map((m) => m[1]));
+    const own = Object.keys(actions.get(action) ?? {}).filter((f) => !f.startsWith("$$") && !inPath.has(f));
+    if (!own.length) continue;
+    reached++;
+    for (let i = 0; i < wrong.length; i++) {
+      const body: Record<string, unknown> = {};
+      for (const f of own) body[f] = wrong[(i + f.length) % wrong.length];
+      for (const tok of [opToken, tenantToken]) sent.push(await send(`own fields wrong #${i} ${JSON.stringify(Object.keys(body))}`, method, fill(route), { raw: JSON.stringify(body), auth: `Bearer ${tok}` }));
+    }
+  }
+  expect(reached).toBeGreaterThanOrEqual(8);
+  expect(bad(sent)).toEqual([]);
+  expect(sent.filter((s) => Array.isArray(s.body?.data) && s.body.data.some((e: any) => e?.type === "unknownParameter")).map((s) => s.label)).toEqual([]);
   expect(await rowCounts()).toEqual(before);
 }, 240_000);
 
