@@ -384,7 +384,7 @@ describe("watch", () => {
   });
 
   test("a cluster without the webhooks service answers 503 with retry-after, not 404", async () => {
-    const lone = await startNode(["api", "deployments"]);
+    const lone = await startNode(["api", "deployments", "subscriptions"]);
     try {
       const tok = await token({ tenant: uniq("lone") });
       const id = (await client(apiUrl(lone), tok).post("/deployments", { slug: uniq("l") })).body.deployment.id;
