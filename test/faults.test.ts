@@ -68,7 +68,7 @@ function env(services: string, extra: Record<string, string> = {}): Record<strin
 
 const NODE_SERVICES: Record<string, string> = {
   gateway: "api",
-  services: "deployments,subscriptions,inventory,dns,billing",
+  services: "deployments,subscriptions,inventory,dns,billing,webhooks",
   provisioning: "provisioning",
 };
 

@@ -135,7 +135,7 @@ function bad(results: Sent[]) {
 beforeAll(async () => {
   sim = await startSimulator({ port: 0, activeAfterMs: 0 });
   const provider = { doApiUrl: sim.url, doMaxRetries: 0, doBackoffMs: 5 };
-  broker = await startNode(["api", "deployments", "subscriptions", "inventory", "dns", "provisioning", "billing"], {
+  broker = await startNode(["api", "deployments", "subscriptions", "inventory", "dns", "provisioning", "billing", "webhooks"], {
     settings: { inventory: { ...provider, driftCheckMs: 0 }, dns: provider, billing: provider },
   });
   base = apiUrl(broker);

@@ -384,6 +384,7 @@ describe("watch", () => {
   });
 
   test("a cluster without the webhooks service answers 503 with retry-after, not 404", async () => {
+    // deployments needs the catalog (subscriptions) to accept a create; everything but webhooks is here.
     const lone = await startNode(["api", "deployments", "subscriptions"]);
     try {
       const tok = await token({ tenant: uniq("lone") });

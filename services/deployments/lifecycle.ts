@@ -49,7 +49,7 @@ export interface RuntimeChangedEvent {
   event_id?: number;
 }
 
-/** What a provision saga is started with when the catalog's builder is not part of this build (COMMON.md contract). */
+/** The deployment fields a provision saga's input is built from (services/deployments/provision-input.ts). */
 export interface DeploymentLike {
   id: string;
   tenant_id: string;

@@ -8,7 +8,7 @@ import type { DropletSpec, DropletSpecParams, ValidateCreateParams, ValidateCrea
  * the checks a create makes before it writes anything, and the provisioning request's input.
  */
 
-/** The provision saga's input (COMMON.md contract); the engine falls back to its defaults for absent size/image. */
+/** The provision saga's input (`services/provisioning/kinds/provision.ts` reads it); the engine falls back to its defaults for absent size/image. */
 export interface ProvisionInput {
   slug: string;
   region: string;

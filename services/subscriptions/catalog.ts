@@ -46,7 +46,7 @@ export interface CreateTemplateVersionParams {
   image?: string;
   user_data?: string | null;
 }
-/** v1.subscriptions.dropletSpec (COMMON.md contract). */
+/** v1.subscriptions.dropletSpec: what a deployment's droplet is built from (SPEC §3 "What is provisioned is what was sold"). */
 export interface DropletSpecParams {
   deployment_id: string;
   slug: string;

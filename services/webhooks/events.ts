@@ -1,5 +1,5 @@
 /*
- * What the webhooks service makes of the events it consumes (COMMON contract, SPEC §9): each becomes at most one
+ * What the webhooks service makes of the events it consumes (SPEC §9; the owning services' at-least-once events): each becomes at most one
  * webhook event (an envelope with a stable id, so a repeat of the source event is recognised and dropped) and/or
  * one entry of the deployment's watch journal. Pure: unit-tested in test/webhooks-sign.test.ts.
  */
