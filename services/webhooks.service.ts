@@ -374,7 +374,7 @@ const WebhooksService: ServiceSchema<any> = {
      * events (billing's invoice_events outbox, one item per invoice). Every feed is read to its end, page by page;
      * known ids are skipped. What is new is taken in oldest first while this node's delivery loop waits, so the
      * deliveries of a backlog go out in order per deployment. A cursor only moves after everything up to it was
-     * taken in; a feed whose service is not in the cluster now is skipped, its cursor kept.
+     * taken in; a feed that cannot be read now (its service is not in the cluster) is skipped, its cursor kept.
      */
     async catchUp(this: any): Promise<void> {
       const em: EntityManager = this.orm.em.fork();
@@ -400,8 +400,10 @@ const WebhooksService: ServiceSchema<any> = {
           fresh.push(...got.fresh);
           if (got.newest) newest.set(feed, got.newest);
         } catch (err: any) {
-          if (err?.type === "SERVICE_NOT_FOUND" || err?.type === "SERVICE_NOT_AVAILABLE") continue; // that service is not up now: next time
-          throw err;
+          // That service is not up now (or failed): its cursor stays, the next tick reads the same window; the other
+          // feeds go on.
+          const absent = err?.type === "SERVICE_NOT_FOUND" || err?.type === "SERVICE_NOT_AVAILABLE";
+          this.logger[absent ? "debug" : "warn"]({ feed, err: err?.message }, "webhook catch-up feed not read");
         }
       }
       if (fresh.length) {
