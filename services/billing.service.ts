@@ -11,10 +11,12 @@ import { DEPLOYMENT_STATES } from "../entities/deployment";
 import { Invoice, InvoiceLine, INVOICE_STATUSES, type InvoiceStatus } from "../entities/invoice";
 import { doClientFrom, provider } from "../lib/provider";
 import { BillingLoopMixin, type RunResult } from "./billing/loop";
+import { BillingFeedMixin } from "./billing/feed";
 import { invoiceDto, readInvoices, type InvoiceDto } from "./billing/invoices";
 
 export type { RunResult, BillingMove } from "./billing/loop";
 export type { InvoiceDto } from "./billing/invoices";
+export type { InvoiceEventsSinceParams, InvoiceEventsSinceResult, InvoiceFeedItem } from "./billing/feed";
 export interface ListInvoicesParams {
   deployment_id?: string;
   status?: InvoiceStatus;
@@ -126,7 +128,7 @@ function cents(field: string, value: unknown): number {
 const BillingService: ServiceSchema<any> = {
   name: "billing",
   version: 1,
-  mixins: [DbMixin([Invoice, InvoiceLine]), BillingLoopMixin],
+  mixins: [DbMixin([Invoice, InvoiceLine]), BillingLoopMixin, BillingFeedMixin],
   settings: {
     // DigitalOcean API root and token; default to DO_API_URL / DO_TOKEN / the embedded simulator (lib/provider.ts).
     doApiUrl: undefined,

@@ -407,6 +407,7 @@ const DeploymentsService: ServiceSchema<any> = {
           if (trialEnds && !d.trial_ends_at) d.trial_ends_at = trialEnds;
           const request = await this.requestEffect(em, d, event.from_state!, user.sub);
           await em.flush();
+          if ((d as any).__runtimeChanged) await this.noteRuntime(em, d);
           return { d, changes: [event], request };
         });
         if (!moved && attempt < 5) continue;

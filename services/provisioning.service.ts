@@ -3,6 +3,7 @@ import { Saga, SagaStep, CompensationRequest, SAGA_STATUSES, type SagaStatus, ty
 import { DbMixin } from "../lib/db";
 import { currentUser, visibleTo, type ActionCtx } from "../lib/access";
 import { conflict, invalid, notFound } from "../lib/errors";
+import { isoSql } from "../lib/dto";
 import { SagaEngine, sagaDto, type EngineSettings, type SagaKind, type StartParams } from "./provisioning/engine";
 import { KINDS, type KindEnv } from "./provisioning/kinds";
 
@@ -45,6 +46,27 @@ function settingsOf(overrides: Record<string, any>, env = process.env): { engine
       defaultImage: overrides.defaultImage ?? env.DO_DEFAULT_IMAGE ?? "ubuntu-24-04-x64",
     },
   };
+}
+
+export interface FinishedSinceParams {
+  since: string;
+  after_finished_at?: string;
+  after_id?: string;
+  limit?: number;
+}
+export interface FinishedSaga {
+  id: string;
+  kind: string;
+  deployment_id: string;
+  tenant_id: string;
+  status: SagaStatus;
+  error: string | null;
+  finished_at: string;
+}
+export interface FinishedSinceResult {
+  items: FinishedSaga[];
+  /** The keyset of the next page; null when this page was the last. */
+  next: { after_finished_at: string; after_id: string } | null;
 }
 
 interface ListParams {
@@ -131,6 +153,36 @@ const ProvisioningService: ServiceSchema<any> = {
         const user = currentUser(ctx);
         const found = await this.engine.newestFor(ctx.params.deployment_id);
         return found && visibleTo(user, found.saga.tenant_id) ? sagaDto(found.saga, found.steps) : null;
+      },
+    },
+    /**
+     * Internal feed (the webhooks catch-up): finished sagas — those with finished_at, whatever their status — that
+     * finished at or after `since`, in (finished_at, id) order after the keyset `after_finished_at`/`after_id`. A
+     * complete read, page by page, where GET /sagas newest first would be bounded. A retried saga appears again with
+     * its new status and time.
+     */
+    finishedSince: {
+      access: "internal",
+      visibility: "public",
+      params: {
+        since: { type: "date", convert: true },
+        after_finished_at: { type: "date", convert: true, optional: true },
+        after_id: { ...UUID_PARAM, optional: true },
+        limit: { type: "number", integer: true, min: 1, max: 500, convert: true, optional: true },
+      },
+      async handler(this: any, ctx: ActionCtx<FinishedSinceParams>): Promise<FinishedSinceResult> {
+        const p = ctx.params;
+        const limit = p.limit ?? 200;
+        const after = p.after_finished_at && p.after_id ? [p.after_finished_at, p.after_id] : [p.since, "00000000-0000-0000-0000-000000000000"];
+        const rows = await this.orm.em.fork().execute(
+          `select id, kind, deployment_id, tenant_id, status, error, ${isoSql("finished_at")} as finished_at from sagas
+           where finished_at is not null and finished_at >= ? and (finished_at, id) > (?, ?::uuid)
+           order by finished_at, id limit ?`,
+          [p.since, ...after, limit],
+        );
+        const items = rows.map((r: any) => ({ id: r.id, kind: r.kind, deployment_id: r.deployment_id, tenant_id: r.tenant_id, status: r.status, error: r.error ?? null, finished_at: r.finished_at }));
+        const last = items[items.length - 1];
+        return { items, next: items.length < limit ? null : { after_finished_at: last.finished_at, after_id: last.id } };
       },
     },
     confirmCompensation: {

@@ -20,6 +20,8 @@ import { attempt } from "./webhooks/deliver";
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 const num = (v: string | undefined, d: number) => (v === undefined || v === "" ? d : Number(v));
 const SAGA_FINAL = ["succeeded", "failed", "compensated", "compensation_failed"];
+/** The catch-up's sources, each with its cursor row in webhook_feed_cursors (README). */
+const FEEDS = ["deployments", "runtime", "sagas", "invoices"];
 
 export interface CreateWebhookParams {
   url: string;
@@ -278,11 +280,12 @@ const WebhooksService: ServiceSchema<any> = {
      * one emitter in order, and concurrent ingests racing for the deployment's lock could otherwise journal them
      * out of order. (Every webhooks node hears a broadcast in the same order, so the journal keeps it.)
      */
-    take(this: any, m: Mapped, source: string): Promise<void> {
+    take(this: any, m: Mapped, source: string, strict = false): Promise<void> {
       if (!m.envelope && !m.watch) return Promise.resolve();
       const key = m.watch?.deployment_id ?? m.envelope?.deployment_id;
-      if (!key) return this.takeNow(m, source);
-      const next: Promise<void> = (this.chains.get(key) ?? Promise.resolve()).then(() => this.takeNow(m, source));
+      if (!key) return this.takeNow(m, source, strict);
+      // A strict (catch-up) ingest that failed must not stop the ones queued after it.
+      const next: Promise<void> = (this.chains.get(key) ?? Promise.resolve()).catch(() => undefined).then(() => this.takeNow(m, source, strict));
       this.chains.set(key, next);
       void next.then(() => {
         if (this.chains.get(key) === next) this.chains.delete(key);
@@ -290,15 +293,19 @@ const WebhooksService: ServiceSchema<any> = {
       return next;
     },
 
-    /** Takes one event in (one transaction), then wakes the watchers and this node's delivery loop. Never throws. */
-    async takeNow(this: any, m: Mapped, source: string): Promise<void> {
+    /**
+     * Takes one event in (one transaction), then wakes the watchers and this node's delivery loop. Never throws,
+     * unless `strict` (the catch-up: its cursor must not move past an event that was not taken in).
+     */
+    async takeNow(this: any, m: Mapped, source: string, strict = false): Promise<void> {
       try {
         const r = await ingest(this.orm.em.fork(), m);
         if (r.watchSeq !== null) this.broker.broadcast("webhooks.watch.appended", { deployment_id: r.deploymentId, seq: r.watchSeq });
         if (r.deliveries) this.kick();
       } catch (err: any) {
-        // The catch-up (deployment events, finished sagas) takes it in later; see README.
+        // The catch-up takes it in later from the source's feed; see README.
         this.logger.warn({ source, event_id: m.envelope?.id, deployment_id: m.watch?.deployment_id, err: err?.message }, "webhook event not taken in");
+        if (strict) throw err;
       }
     },
 
@@ -324,7 +331,7 @@ const WebhooksService: ServiceSchema<any> = {
 
     /** Claims and sends until nothing is due; one loop per node at a time. */
     async pump(this: any): Promise<void> {
-      if (this.stoppedFlag) return;
+      if (this.stoppedFlag || this.holdDeliveries > 0) return; // the catch-up kicks again when it is done
       if (this.pumping) {
         this.pumpAgain = true;
         return;
@@ -338,7 +345,7 @@ const WebhooksService: ServiceSchema<any> = {
           await Promise.all(batch.map((d) => this.send(d)));
           // A delivery that went out may have been holding back the next one of its deployment.
           this.pumpAgain = true;
-        } while (this.pumpAgain && !this.stoppedFlag);
+        } while (this.pumpAgain && !this.stoppedFlag && !(this.holdDeliveries > 0));
       } catch (err: any) {
         this.logger.warn({ err: err?.message }, "webhook delivery loop failed; retrying on the next tick");
       } finally {
@@ -361,53 +368,118 @@ const WebhooksService: ServiceSchema<any> = {
     },
 
     /**
-     * What the live events may have missed (no webhooks node up, a database blip): deployment events from the
-     * deployments outbox since this feed's cursor, and sagas that finished recently. Known ids are skipped.
+     * What the live events may have missed (no webhooks node up, a database blip), from each source's durable feed
+     * since its cursor (minus the margin): deployment events (the deployment_events outbox), runtime changes (the
+     * deployment_runtime_events outbox), finished sagas (the sagas table, keyset by finished_at/id) and invoice
+     * events (billing's invoice_events outbox, one item per invoice). Every feed is read to its end, page by page;
+     * known ids are skipped. What is new is taken in oldest first while this node's delivery loop waits, so the
+     * deliveries of a backlog go out in order per deployment. A cursor only moves after everything up to it was
+     * taken in; a feed that cannot be read now (its service is not in the cluster) is skipped, its cursor kept.
      */
     async catchUp(this: any): Promise<void> {
       const em: EntityManager = this.orm.em.fork();
-      const meta = { user: systemUser("webhooks") };
-      const [cur] = await em.execute(`select position from webhook_feed_cursors where source = 'deployments'`);
-      if (!cur) {
+      const cursors = new Map<string, string>((await em.execute(`select source, position from webhook_feed_cursors`)).map((r: any) => [r.source, new Date(r.position).toISOString()]));
+      if (!cursors.has("deployments")) {
         // First start: history before the service existed is not replayed.
-        await em.execute(`insert into webhook_feed_cursors (source, position) values ('deployments', now()), ('sagas', now()) on conflict do nothing`);
+        await em.execute(`insert into webhook_feed_cursors (source, position) select s, now() from unnest(?::text[]) s on conflict do nothing`, [`{${FEEDS.join(",")}}`]);
         return;
       }
-      const since = new Date(new Date(cur.position).getTime() - this.cfg.catchUpMarginMs).toISOString();
-      let afterId = 0;
-      let newest: string | null = null;
-      for (let page = 0; page < 20; page++) {
-        const { items } = await this.broker.call("v1.deployments.eventsSince", { since, after_id: afterId, limit: 200 }, { meta });
-        if (!items.length) break;
-        await this.takeUnknown(items.map((it: any) => fromDeploymentEvent(it)), "catch-up deployments");
-        afterId = items[items.length - 1].event.id;
-        newest = items[items.length - 1].event.occurred_at;
-        if (items.length < 200) break;
+      // A feed added after the service's first start begins where that upgrade found it.
+      const missing = FEEDS.filter((f) => !cursors.has(f));
+      if (missing.length) {
+        await em.execute(`insert into webhook_feed_cursors (source, position) select s, now() from unnest(?::text[]) s on conflict do nothing`, [`{${missing.join(",")}}`]);
+        return this.catchUp();
       }
-      if (newest) await em.execute(`update webhook_feed_cursors set position = greatest(position, ?) where source = 'deployments'`, [newest]);
-
-      const [sc] = await em.execute(`select position from webhook_feed_cursors where source = 'sagas'`);
-      const sagaSince = new Date((sc ? new Date(sc.position).getTime() : Date.now()) - this.cfg.catchUpMarginMs).getTime();
-      const started = new Date();
-      for (const status of SAGA_FINAL) {
-        let items: any[];
+      const fresh: Mapped[] = [];
+      const newest = new Map<string, string>();
+      const margin = this.cfg.catchUpMarginMs;
+      const sinceOf = (f: string) => new Date(new Date(cursors.get(f)!).getTime() - margin).toISOString();
+      for (const feed of FEEDS) {
         try {
-          ({ items } = await this.broker.call("v1.provisioning.list", { status, limit: 200 }, { meta }));
-        } catch {
-          continue; // no provisioning node now, or a status this engine does not list
+          const got = await this.readFeed(feed, sinceOf(feed));
+          fresh.push(...got.fresh);
+          if (got.newest) newest.set(feed, got.newest);
+        } catch (err: any) {
+          // That service is not up now (or failed): its cursor stays, the next tick reads the same window; the other
+          // feeds go on.
+          const absent = err?.type === "SERVICE_NOT_FOUND" || err?.type === "SERVICE_NOT_AVAILABLE";
+          this.logger[absent ? "debug" : "warn"]({ feed, err: err?.message }, "webhook catch-up feed not read");
         }
-        const recent = items.filter((s) => s.finished_at && Date.parse(s.finished_at) >= sagaSince);
-        await this.takeUnknown(recent.map((s) => fromSagaEvent(status, s)), "catch-up sagas");
       }
-      await em.execute(`insert into webhook_feed_cursors (source, position) values ('sagas', ?) on conflict (source) do update set position = greatest(webhook_feed_cursors.position, excluded.position)`, [started.toISOString()]);
+      if (fresh.length) {
+        // Oldest first (stable: a feed's own order breaks ties), with deliveries held until all is in.
+        const at = (m: Mapped) => Date.parse(m.envelope!.created_at);
+        const ordered = fresh.map((m, i) => ({ m, i })).sort((a, b) => at(a.m) - at(b.m) || a.i - b.i).map((x) => x.m);
+        this.holdDeliveries = (this.holdDeliveries ?? 0) + 1;
+        try {
+          for (const m of ordered) await this.take(m, "catch-up", true);
+        } finally {
+          this.holdDeliveries--;
+          this.kick();
+        }
+      }
+      for (const [feed, position] of newest) await em.execute(`update webhook_feed_cursors set position = greatest(position, ?) where source = ?`, [position, feed]);
     },
 
-    async takeUnknown(this: any, mapped: Mapped[], source: string) {
+    /**
+     * One feed read to its end from `since`: the events not taken in yet (mapped) and the newest source time seen.
+     * The feeds' actions are internal; the catch-up calls them as the system user.
+     */
+    async readFeed(this: any, feed: string, since: string): Promise<{ fresh: Mapped[]; newest: string | null }> {
+      const meta = { meta: { user: systemUser("webhooks") } };
+      const fresh: Mapped[] = [];
+      let newest: string | null = null;
+      const seen = (t: string | null | undefined) => {
+        if (t && (!newest || Date.parse(t) > Date.parse(newest))) newest = t;
+      };
+      const page = 200;
+      if (feed === "deployments") {
+        for (let afterId = 0; !this.stoppedFlag; ) {
+          const { items } = await this.broker.call("v1.deployments.eventsSince", { since, after_id: afterId, limit: page }, meta);
+          if (!items.length) break;
+          fresh.push(...(await this.unknown(items.map((it: any) => fromDeploymentEvent(it)))));
+          items.forEach((it: any) => seen(it.event.occurred_at));
+          afterId = items[items.length - 1].event.id;
+          if (items.length < page) break;
+        }
+      } else if (feed === "runtime") {
+        for (let afterId = 0; !this.stoppedFlag; ) {
+          const { items } = await this.broker.call("v1.deployments.runtimeSince", { since, after_id: afterId, limit: page }, meta);
+          if (!items.length) break;
+          fresh.push(...(await this.unknown(items.map((it: any) => fromRuntimeChanged(it)))));
+          items.forEach((it: any) => seen(it.occurred_at));
+          afterId = items[items.length - 1].event_id;
+          if (items.length < page) break;
+        }
+      } else if (feed === "sagas") {
+        for (let after: object = {}; !this.stoppedFlag; ) {
+          const res = await this.broker.call("v1.provisioning.finishedSince", { since, ...after, limit: page }, meta);
+          fresh.push(...(await this.unknown(res.items.filter((s: any) => SAGA_FINAL.includes(s.status)).map((s: any) => fromSagaEvent(s.status, s)))));
+          res.items.forEach((s: any) => seen(s.finished_at));
+          if (!res.next) break;
+          after = res.next;
+        }
+      } else if (feed === "invoices") {
+        for (let after: object = {}; !this.stoppedFlag; ) {
+          const res = await this.broker.call("v1.billing.eventsSince", { since, ...after, limit: page }, meta);
+          fresh.push(...(await this.unknown(res.items.map((it: any) => fromInvoiceEvent(it.type, it)))));
+          res.items.forEach((it: any) => seen(it.occurred_at));
+          if (!res.next) break;
+          after = res.next;
+        }
+      }
+      return { fresh, newest };
+    },
+
+    /** The mapped events (with an envelope) whose ids were not taken in yet. */
+    async unknown(this: any, mapped: Mapped[]): Promise<Mapped[]> {
       const withIds = mapped.filter((m) => m.envelope);
-      if (!withIds.length) return;
-      const ids = withIds.map((m) => m.envelope!.id);
-      const known = new Set((await this.orm.em.fork().execute(`select id from webhook_events where id in (${ids.map(() => "?").join(",")})`, ids)).map((r: any) => r.id));
-      for (const m of withIds) if (!known.has(m.envelope!.id)) await this.take(m, source);
+      if (!withIds.length) return [];
+      const ids = [...new Set(withIds.map((m) => m.envelope!.id))];
+      const known = new Set((await this.orm.em.fork().execute(`select id from webhook_events where id = any(?::text[])`, [`{${ids.map((i) => `"${i}"`).join(",")}}`])).map((r: any) => r.id));
+      const out = new Map<string, Mapped>();
+      for (const m of withIds) if (!known.has(m.envelope!.id) && !out.has(m.envelope!.id)) out.set(m.envelope!.id, m);
+      return [...out.values()];
     },
   },
 
@@ -415,6 +487,7 @@ const WebhooksService: ServiceSchema<any> = {
     this.inFlight = new Set<string>();
     this.background = new Set<Promise<unknown>>();
     this.chains = new Map<string, Promise<void>>();
+    this.holdDeliveries = 0;
     this.metricsOn = this.broker.isMetricsEnabled();
     if (this.metricsOn) this.broker.metrics.register({ type: "counter", name: "arcadia.webhook.attempts", labelNames: ["outcome"], description: "Webhook delivery attempts by outcome: succeeded, retry (will be tried again), failed (given up)" });
   },

@@ -89,6 +89,14 @@ describe("event mapping", () => {
     expect(fromRuntimeChanged(p).envelope!.id).toBe(fromRuntimeChanged({ ...p }).envelope!.id);
     expect(fromRuntimeChanged({ ...p, runtime: { status: "stopped" } }).envelope!.id).not.toBe(fromRuntimeChanged(p).envelope!.id);
   });
+  test("a runtime change with its outbox row id (live or from v1.deployments.runtimeSince) is evt_rt_<row id>", () => {
+    const p = { deployment_id: deployment.id, tenant_id: "acme", runtime: { status: "running" }, occurred_at: "2026-12-02T06:00:00.000Z", event_id: 42 };
+    const m = fromRuntimeChanged(p);
+    expect(m.envelope).toMatchObject({ id: "evt_rt_42", type: "deployment.runtime_changed", created_at: "2026-12-02T06:00:00.000Z", deployment_id: deployment.id });
+    expect(m.watch).toMatchObject({ dedupe_key: "rt:42" });
+    // Two changes to the same status in the same millisecond are two events.
+    expect(fromRuntimeChanged({ ...p, event_id: 43 }).envelope!.id).toBe("evt_rt_43");
+  });
   test("sagas: finished statuses are webhooks, every status a watch line; steps are watch lines only", () => {
     const ok = fromSagaEvent("succeeded", { saga_id: "s1", deployment_id: deployment.id, tenant_id: "acme", status: "succeeded" });
     expect(ok.envelope).toMatchObject({ id: "evt_saga_s1_succeeded", type: "saga.succeeded" });
@@ -100,6 +108,9 @@ describe("event mapping", () => {
   test("invoices", () => {
     const m = fromInvoiceEvent("paid", { invoice: { id: "i1", tenant_id: "acme", deployment_id: deployment.id, paid_at: "2026-12-03T00:00:00.000Z" } });
     expect(m.envelope).toMatchObject({ id: "evt_inv_i1_paid", type: "invoice.paid", created_at: "2026-12-03T00:00:00.000Z" });
+    // A v1.billing.eventsSince item: the same id as the live event; an overdue is dated by its outbox row.
+    const item = { outbox_id: 3, position: 2, type: "overdue", occurred_at: "2026-12-04T00:00:00.000Z", event_id: "i1:overdue", invoice: { id: "i1", tenant_id: "acme", deployment_id: deployment.id } };
+    expect(fromInvoiceEvent("overdue", item).envelope).toMatchObject({ id: "evt_inv_i1_overdue", type: "invoice.overdue", created_at: "2026-12-04T00:00:00.000Z", deployment_id: deployment.id });
   });
   test("an endpoint with no types wants all", () => {
     expect(wants([], "invoice.paid")).toBe(true);

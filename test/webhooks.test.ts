@@ -458,7 +458,7 @@ describe("catch-up", () => {
     const db = new Client({ connectionString: process.env.DATABASE_URL });
     await db.connect();
     try {
-      await waitFor(async () => (await db.query("select count(*)::int as n from webhook_feed_cursors")).rows[0].n === 2, { what: "the catch-up cursors" });
+      await waitFor(async () => (await db.query("select count(*)::int as n from webhook_feed_cursors")).rows[0].n === 4, { what: "the catch-up cursors" });
     } finally {
       await db.end();
     }

@@ -3,6 +3,7 @@ import { emOf } from "../../lib/db";
 import type { ActionCtx } from "../../lib/access";
 import { isoSql } from "../../lib/dto";
 import { eventDto, type DeploymentDto } from "../deployments.service";
+import type { RuntimeChangedEvent } from "./lifecycle";
 
 export interface EventsSinceParams {
   since: string;
@@ -11,6 +12,15 @@ export interface EventsSinceParams {
 }
 export interface EventsSinceResult {
   items: { deployment: DeploymentDto; event: ReturnType<typeof eventDto> }[];
+}
+export interface RuntimeSinceParams {
+  since: string;
+  after_id?: number;
+  limit?: number;
+}
+/** Each item is the deployments.runtime_changed payload the change was (or would have been) broadcast with. */
+export interface RuntimeSinceResult {
+  items: (RuntimeChangedEvent & { event_id: number })[];
 }
 
 /**
@@ -40,6 +50,36 @@ export const DeploymentFeedMixin: Partial<ServiceSchema> = {
         const deployments: DeploymentDto[] = await this.readDeployments(em, `where id in (${ids.map(() => "?").join(",")})`, ids);
         const byId = new Map(deployments.map((d) => [d.id, d]));
         return { items: rows.filter((r: any) => byId.has(r.deployment_id)).map((r: any) => ({ deployment: byId.get(r.deployment_id)!, event: eventDto(r) })) };
+      },
+    },
+
+    /**
+     * The runtime changes outbox (deployment_runtime_events, written in the transaction of the change) as a feed:
+     * changes that occurred at or after `since`, in id order after `after_id`. Paged by the caller with after_id.
+     */
+    runtimeSince: {
+      visibility: "public",
+      access: "internal",
+      params: {
+        since: { type: "date", convert: true },
+        after_id: { type: "number", integer: true, min: 0, convert: true, optional: true },
+        limit: { type: "number", integer: true, min: 1, max: 500, convert: true, optional: true },
+      },
+      async handler(ctx: ActionCtx<RuntimeSinceParams>): Promise<RuntimeSinceResult> {
+        const rows = await emOf(ctx).getConnection().execute(
+          `select id, deployment_id, tenant_id, status, droplet_id, ipv4, hostname, ${isoSql("occurred_at")} as occurred_at from deployment_runtime_events
+           where occurred_at >= ? and id > ? order by id limit ?`,
+          [ctx.params.since, ctx.params.after_id ?? 0, ctx.params.limit ?? 200],
+        );
+        return {
+          items: rows.map((r: any) => ({
+            deployment_id: r.deployment_id,
+            tenant_id: r.tenant_id,
+            runtime: { status: r.status, droplet_id: r.droplet_id == null ? null : Number(r.droplet_id), ipv4: r.ipv4 ?? null, hostname: r.hostname ?? null },
+            occurred_at: r.occurred_at,
+            event_id: Number(r.id),
+          })),
+        };
       },
     },
   },

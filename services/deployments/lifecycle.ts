@@ -45,6 +45,8 @@ export interface RuntimeChangedEvent {
   tenant_id: string;
   runtime: { status: RuntimeStatus; droplet_id: number | null; ipv4: string | null; hostname: string | null };
   occurred_at: string;
+  /** deployment_runtime_events.id: the change's stable id (consumers dedupe by it; v1.deployments.runtimeSince). */
+  event_id?: number;
 }
 
 /** The deployment fields a provision saga's input is built from (services/deployments/provision-input.ts). */
@@ -104,6 +106,7 @@ export const LifecycleMixin: Partial<ServiceSchema<any>> = {
           if (JSON.stringify(this.runtimeOf(d)) === before) return { d, changed: false };
           d.updated_at = new Date();
           await em.flush();
+          await this.noteRuntime(em, d);
           return { d, changed: true };
         });
         if (d.changed) await this.emitRuntime(ctx, d.d);
@@ -164,6 +167,7 @@ export const LifecycleMixin: Partial<ServiceSchema<any>> = {
           events.push(this.recordMove(em, d, "archived", { reason: "deleted", actor: user.sub, notes: null }));
           const request = await this.requestEffect(em, d, "cancelled", user.sub);
           await em.flush();
+          if ((d as any).__runtimeChanged) await this.noteRuntime(em, d);
           return { d, events, request };
         });
         const res = await this.afterMove(ctx, moved.d, moved.events, moved.request);
@@ -207,8 +211,25 @@ export const LifecycleMixin: Partial<ServiceSchema<any>> = {
       return { status: d.runtime_status, droplet_id: d.runtime_droplet_id == null ? null : Number(d.runtime_droplet_id), ipv4: d.runtime_ipv4 ?? null, hostname: d.runtime_hostname ?? null };
     },
 
+    /**
+     * The runtime change's outbox row (deployment_runtime_events), in the transaction that changed the runtime, after
+     * the flush: consumers that missed the live event read it through v1.deployments.runtimeSince. A move's change is
+     * dated after its event (the same millisecond would order it first: webhook deliveries go by time), and both
+     * changes one move can make (rollback reset, then the lifecycle effect) are one row with the final runtime.
+     */
+    async noteRuntime(em: EntityManager, d: Deployment) {
+      const at = new Date(Math.max(Date.now(), d.state_since ? new Date(d.state_since).getTime() + 1 : 0));
+      const r = this.runtimeOf(d);
+      const [row] = await em.execute(
+        `insert into deployment_runtime_events (deployment_id, tenant_id, status, droplet_id, ipv4, hostname, occurred_at) values (?, ?, ?, ?, ?, ?, ?) returning id`,
+        [d.id, d.tenant_id, r.status, r.droplet_id, r.ipv4, r.hostname, at],
+      );
+      (d as any).__runtimeEvent = { id: Number(row.id), occurred_at: at.toISOString() };
+    },
+
     async emitRuntime(ctx: ActionCtx<unknown>, d: Deployment) {
-      const payload: RuntimeChangedEvent = { deployment_id: d.id, tenant_id: d.tenant_id, runtime: this.runtimeOf(d), occurred_at: new Date().toISOString() };
+      const noted = (d as any).__runtimeEvent as { id: number; occurred_at: string } | undefined;
+      const payload: RuntimeChangedEvent = { deployment_id: d.id, tenant_id: d.tenant_id, runtime: this.runtimeOf(d), occurred_at: noted?.occurred_at ?? new Date().toISOString(), ...(noted ? { event_id: noted.id } : {}) };
       await ctx.emit("deployments.runtime_changed", payload);
     },
 

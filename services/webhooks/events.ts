@@ -57,12 +57,16 @@ export function fromDeploymentEvent(payload: any, now = new Date()): Mapped {
   };
 }
 
-/** deployments.runtime_changed `{deployment_id, tenant_id, runtime, occurred_at}`: no row id, so the id is derived from its content. */
+/**
+ * deployments.runtime_changed `{deployment_id, tenant_id, runtime, occurred_at, event_id}` (live, and the same
+ * payload from v1.deployments.runtimeSince): the id is the change's deployment_runtime_events row. A payload without
+ * `event_id` (an emitter older than that outbox) gets an id derived from its content.
+ */
 export function fromRuntimeChanged(payload: any, now = new Date()): Mapped {
-  const { deployment_id, tenant_id, runtime, occurred_at } = payload ?? {};
+  const { deployment_id, tenant_id, runtime, occurred_at, event_id } = payload ?? {};
   if (!deployment_id || !tenant_id || !runtime?.status) return {};
   const created_at = isoOr(occurred_at, now);
-  const key = `${deployment_id}_${Date.parse(created_at)}_${runtime.status}`;
+  const key = event_id != null && Number.isInteger(Number(event_id)) ? String(Number(event_id)) : `${deployment_id}_${Date.parse(created_at)}_${runtime.status}`;
   const data = { deployment_id, runtime, occurred_at: created_at };
   return {
     envelope: { id: `evt_rt_${key}`, type: "deployment.runtime_changed", created_at, tenant_id, deployment_id, data },
@@ -97,11 +101,14 @@ export function fromStepEvent(status: string, payload: any): Mapped {
   return { watch: { deployment_id, tenant_id: payload.tenant_id ?? null, type: `saga.step.${status}`, dedupe_key: `step:${saga_id}:${step}:${status}:${attempts}`, data } };
 }
 
-/** billing.invoice.<issued|paid|overdue> `{invoice}`. */
+/**
+ * billing.invoice.<issued|paid|overdue> `{invoice, event_id}` live, or a v1.billing.eventsSince item `{type, invoice,
+ * occurred_at, event_id}` from the catch-up: one webhook event per invoice and kind either way.
+ */
 export function fromInvoiceEvent(kind: "issued" | "paid" | "overdue", payload: any, now = new Date()): Mapped {
   const invoice = payload?.invoice;
   if (!invoice?.id || !invoice?.tenant_id) return {};
-  const at = kind === "paid" ? invoice.paid_at : kind === "issued" ? invoice.issued_at : undefined;
+  const at = kind === "paid" ? invoice.paid_at : kind === "issued" ? invoice.issued_at : payload?.occurred_at;
   return {
     envelope: { id: `evt_inv_${invoice.id}_${kind}`, type: `invoice.${kind}`, created_at: isoOr(at, now), tenant_id: invoice.tenant_id, deployment_id: invoice.deployment_id ?? null, data: { invoice } },
   };
