@@ -334,6 +334,10 @@ export const BillingLoopMixin: Partial<ServiceSchema<any>> = {
      */
     async observe(this: any, payload: { deployment: Deployment; event: { id: number; from_state: string | null; to_state: string } }) {
       const { deployment: d, event: e } = payload;
+      // A subscription taken while provisioning (a create with provision and plan_code) got no invoice then (not
+      // billable yet): its first one, prorated from the subscribe day, is issued as the saga activates it, not at
+      // the next run. issueFirst does nothing when the subscription has an invoice already (a repeated event).
+      if (e.from_state === "provisioning" && BILLED_STATES.has(e.to_state)) await this.issueFirst(d.id);
       // Only moves into or out of trial and cancelled carry a billing date; the rest cost billing no write.
       if (![e.from_state, e.to_state].some((s) => s === "trial" || s === "cancelled")) return;
       const now: Date = await this.clock.now();
