@@ -4,6 +4,7 @@ import { systemUser, type User } from "../../lib/access";
 import type { Page } from "../../lib/dto";
 import type { DeploymentState } from "../../entities/deployment";
 import type { DeploymentDto } from "../deployments.service";
+import { onEmbeddedDatabase } from "../../lib/db";
 import { clockFor, type BillingClock } from "./clock";
 import { planMoves, type BillingPolicy, type PlannedMove } from "./dunning";
 import { insertInvoices, invoiceEventId, pgArray, readInvoices, type InvoiceDto, type IssuedInvoice } from "./invoices";
@@ -371,7 +372,9 @@ export const BillingLoopMixin: Partial<ServiceSchema<any>> = {
     },
     /** Outbox rows a crash left unpublished (older than a sweep period), claimed with skip locked. */
     async publishLeftovers(this: any): Promise<number> {
-      return this.orm.em.fork().transactional(async (tx: any) => {
+      // Embedded database: no emit inside the claiming transaction (see deployments' publishLeftovers).
+      const em = this.orm.em.fork();
+      const sweep = async (tx: any) => {
         const rows = await tx.execute(
           `select id, type, invoice_ids from invoice_events where published_at is null and occurred_at < now() - (? * interval '1 millisecond') order by id limit 10 for update skip locked`,
           [this.settings.eventSweepMs],
@@ -383,7 +386,8 @@ export const BillingLoopMixin: Partial<ServiceSchema<any>> = {
         for (const r of rows) for (const id of ids(r)) if (byId.has(id)) await this.broker.emit(`billing.invoice.${r.type}`, { invoice: byId.get(id), event_id: invoiceEventId(r.type, id) });
         await tx.execute("update invoice_events set published_at = now() where id = any(?::bigint[])", [pgArray(rows.map((r: any) => r.id))]);
         return rows.length;
-      });
+      };
+      return onEmbeddedDatabase() ? sweep(em) : em.transactional(sweep);
     },
   },
 };
