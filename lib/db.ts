@@ -20,6 +20,13 @@ export function useDatabase(url: string, opts: { embedded: boolean }) {
   embedded = opts.embedded;
 }
 
+/**
+ * True on the embedded database. There, one pool connection serves the whole node and PGlite holds every other
+ * connection back while a transaction is open, so no transaction may wait on work that needs the database (an
+ * awaited local event handler, a call to a service): it would wait for the connection it holds itself.
+ */
+export const onEmbeddedDatabase = () => embedded;
+
 export function databaseUrl(): string {
   const url = process.env.DATABASE_URL;
   if (!url) throw new Error("DATABASE_URL is not set (bin/start.ts sets it to the embedded database when absent)");

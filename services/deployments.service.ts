@@ -4,7 +4,7 @@ import type { ServiceSchema } from "moleculer";
 import type { EntityManager } from "@mikro-orm/postgresql";
 import { Errors } from "moleculer";
 import { Deployment, DeploymentEvent, DEPLOYMENT_STATES, LLM_MODES, type DeploymentState } from "../entities/deployment";
-import { DbMixin, emOf } from "../lib/db";
+import { DbMixin, emOf, onEmbeddedDatabase } from "../lib/db";
 import { currentUser, listTenant, systemUser, visibleTo, type ActionCtx } from "../lib/access";
 import { compensationHandler } from "../lib/compensation";
 import { conflict, forbidden, invalid, invalidTransition, mapDbError, notFound } from "../lib/errors";
@@ -343,7 +343,10 @@ const DeploymentsService: ServiceSchema<any> = {
     /** Unpublished events older than the sweep period: claimed with skip locked so two nodes never send one twice. */
     async publishLeftovers(): Promise<number> {
       const em = this.orm.em.fork();
-      return em.transactional(async (tx: any) => {
+      // On the embedded database the emit below (local handlers, awaited) needs the one connection the open
+      // transaction holds: each handler timed out, stalling every request for seconds. One node owns that
+      // database, so there the rows are swept without the claiming transaction (at least once either way).
+      const sweep = async (tx: any) => {
         const rows = await tx.execute(
           `select e.id, e.deployment_id, e.from_state, e.to_state, e.reason, e.actor, e.notes, ${isoSql("e.occurred_at")} as occurred_at
            from deployment_events e where e.published_at is null and e.occurred_at < now() - (? || ' milliseconds')::interval
@@ -357,7 +360,8 @@ const DeploymentsService: ServiceSchema<any> = {
           await tx.execute("update deployment_events set published_at = now() where id = ?", [event.id]);
         }
         return rows.length;
-      });
+      };
+      return onEmbeddedDatabase() ? sweep(em) : em.transactional(sweep);
     },
 
     /**

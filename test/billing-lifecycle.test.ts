@@ -134,3 +134,18 @@ test("trial_ends_at is the billing clock's now + TRIAL_DAYS", async () => {
   const res = await tenant.post("/deployments", { slug: uniq("trial"), state: "trial" });
   expect(res.body.deployment.trial_ends_at).toBe(new Date(now.getTime() + 14 * 86_400_000).toISOString());
 });
+
+test("a create with provision and plan_code gets its first invoice as provisioning activates it, not at the next run", async () => {
+  const m = await freshMonth(op);
+  await setClock(op, m.day(10));
+  const res = await tenant.post("/deployments", { slug: uniq("app"), provision: true, plan_code: plan });
+  expect(res.status).toBe(202);
+  expect(res.body.subscription.status).toBe("active");
+  const id = res.body.deployment.id as string;
+  await waitFor(async () => (await stateOf(id)) === "active", { timeoutMs: 30_000, what: "provisioned" });
+  // runMs: 0 — no scheduled run issues it here.
+  const inv = await waitFor(async () => (await tenant.get(`/invoices?deployment_id=${id}`)).body.items[0], { timeoutMs: 10_000, what: "first invoice" });
+  expect(inv.status).toBe("open");
+  expect(inv.issued_at).toBe(m.day(10));
+  expect((await tenant.get(`/invoices?deployment_id=${id}`)).body.items).toHaveLength(1);
+});

@@ -118,6 +118,7 @@ async function expectInLine(p: Provisioned, state: string) {
     await waitFor(async () => (await view()).subscription?.status === "cancelled" && (await view()).deployment.runtime.status === "destroyed", { timeoutMs: 20_000, what: "archived in line" });
     expect(await dropletsOf(p.id)).toEqual([]);
     expect(await recordsFor(p.fqdn)).toEqual([]);
+    expect((await view()).deployment.runtime).toEqual({ status: "destroyed", droplet_id: null, ipv4: null, hostname: null });
     const inv = await inventoryOf(p.id);
     expect(inv.length).toBeGreaterThan(0);
     for (const r of inv) expect(r.destroyed_at).not.toBeNull();

@@ -4,6 +4,7 @@ import { systemUser, type User } from "../../lib/access";
 import type { Page } from "../../lib/dto";
 import type { DeploymentState } from "../../entities/deployment";
 import type { DeploymentDto } from "../deployments.service";
+import { onEmbeddedDatabase } from "../../lib/db";
 import { clockFor, type BillingClock } from "./clock";
 import { planMoves, type BillingPolicy, type PlannedMove } from "./dunning";
 import { insertInvoices, invoiceEventId, pgArray, readInvoices, type InvoiceDto, type IssuedInvoice } from "./invoices";
@@ -334,6 +335,10 @@ export const BillingLoopMixin: Partial<ServiceSchema<any>> = {
      */
     async observe(this: any, payload: { deployment: Deployment; event: { id: number; from_state: string | null; to_state: string } }) {
       const { deployment: d, event: e } = payload;
+      // A subscription taken while provisioning (a create with provision and plan_code) got no invoice then (not
+      // billable yet): its first one, prorated from the subscribe day, is issued as the saga activates it, not at
+      // the next run. issueFirst does nothing when the subscription has an invoice already (a repeated event).
+      if (e.from_state === "provisioning" && BILLED_STATES.has(e.to_state)) await this.issueFirst(d.id);
       // Only moves into or out of trial and cancelled carry a billing date; the rest cost billing no write.
       if (![e.from_state, e.to_state].some((s) => s === "trial" || s === "cancelled")) return;
       const now: Date = await this.clock.now();
@@ -367,7 +372,9 @@ export const BillingLoopMixin: Partial<ServiceSchema<any>> = {
     },
     /** Outbox rows a crash left unpublished (older than a sweep period), claimed with skip locked. */
     async publishLeftovers(this: any): Promise<number> {
-      return this.orm.em.fork().transactional(async (tx: any) => {
+      // Embedded database: no emit inside the claiming transaction (see deployments' publishLeftovers).
+      const em = this.orm.em.fork();
+      const sweep = async (tx: any) => {
         const rows = await tx.execute(
           `select id, type, invoice_ids from invoice_events where published_at is null and occurred_at < now() - (? * interval '1 millisecond') order by id limit 10 for update skip locked`,
           [this.settings.eventSweepMs],
@@ -379,7 +386,8 @@ export const BillingLoopMixin: Partial<ServiceSchema<any>> = {
         for (const r of rows) for (const id of ids(r)) if (byId.has(id)) await this.broker.emit(`billing.invoice.${r.type}`, { invoice: byId.get(id), event_id: invoiceEventId(r.type, id) });
         await tx.execute("update invoice_events set published_at = now() where id = any(?::bigint[])", [pgArray(rows.map((r: any) => r.id))]);
         return rows.length;
-      });
+      };
+      return onEmbeddedDatabase() ? sweep(em) : em.transactional(sweep);
     },
   },
 };

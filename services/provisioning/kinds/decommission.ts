@@ -58,7 +58,8 @@ export const decommission: SagaKind<KindEnv> = {
       return {};
     }),
 
-    step("set_runtime_destroyed", "v1.deployments.setRuntime", async (ctx) => void (await setRuntime(ctx, "destroyed", { droplet_id: null, ipv4: null }))),
+    // hostname is "its DNS name once pointed" (SPEC §2): remove_dns deleted the record, so nothing points there now.
+    step("set_runtime_destroyed", "v1.deployments.setRuntime", async (ctx) => void (await setRuntime(ctx, "destroyed", { droplet_id: null, ipv4: null, hostname: null }))),
   ],
   async onEnd(ctx, status) {
     if (status === "failed") await setRuntime(ctx, await observedRuntime(ctx, "destroyed"));
