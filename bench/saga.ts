@@ -38,9 +38,9 @@ const SAGAS = Number(process.env.BENCH_SAGAS ?? 500);
 const IN_FLIGHT = Number(process.env.BENCH_IN_FLIGHT ?? 50);
 const WARMUP = Number(process.env.BENCH_WARMUP_SAGAS ?? 50);
 const LIFECYCLE = process.env.BENCH_LIFECYCLE !== "0";
-// The services node's list. Billing is not in it by default (its timers would run in the measured window): a
-// tenant's resume then finds no v1.billing.overdue and is let through, as lifecycle's moveFacts does.
-const SERVICES = process.env.BENCH_SERVICES ?? "deployments,subscriptions,inventory,dns";
+// The whole system as deployed: /ready (SPEC §8) needs every routed service, and billing and webhooks do real work per
+// saga (the overdue check, event intake and the watch journal). BENCH_SERVICES overrides it.
+const SERVICES = process.env.BENCH_SERVICES ?? "deployments,subscriptions,inventory,dns,billing,webhooks";
 const BASELINE_CPU_MS = Number(process.env.BENCH_BASELINE_CPU_MS ?? 64);
 const TARGET_COMMITS = 15;
 const TARGET_RSS = 200 * 1048576;
