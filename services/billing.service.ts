@@ -6,7 +6,7 @@ import { dollarsToCents, type Balance } from "../lib/digitalocean";
 import { iso, type Page } from "../lib/dto";
 import { DbMixin, emOf } from "../lib/db";
 import { conflict, invalid, notFound } from "../lib/errors";
-import { decodeCursor, encodeCursor } from "../lib/pagination";
+import { keysetBefore, pageOf } from "../lib/pagination";
 import { DEPLOYMENT_STATES } from "../entities/deployment";
 import { Invoice, InvoiceLine, INVOICE_STATUSES, type InvoiceStatus } from "../entities/invoice";
 import { doClientFrom, provider } from "../lib/provider";
@@ -327,14 +327,10 @@ const BillingService: ServiceSchema<any> = {
         if (tenant) conds.push("i.tenant_id = ?") && args.push(tenant);
         if (p.deployment_id) conds.push("i.deployment_id = ?") && args.push(p.deployment_id);
         if (p.status) conds.push("i.status = ?") && args.push(p.status);
-        if (p.cursor) {
-          const c = decodeCursor(p.cursor);
-          conds.push("(i.issued_at, i.id) < (?::timestamptz, ?::uuid)") && args.push(c.insertedAt.toISOString(), c.id);
-        }
+        const after = keysetBefore(p.cursor, "i.issued_at", "i.id");
+        if (after) conds.push(after.sql) && args.push(...after.args);
         const rows = await readInvoices(emOf(ctx), `${conds.length ? `where ${conds.join(" and ")}` : ""} order by i.issued_at desc, i.id desc limit ${limit + 1}`, args);
-        const page = rows.slice(0, limit);
-        const last = page[page.length - 1];
-        return { items: page, next_cursor: rows.length > limit && last ? encodeCursor(new Date(last.issued_at), last.id) : null };
+        return pageOf(rows, limit, (i) => ({ time: i.issued_at, id: i.id }));
       },
     },
     getInvoice: {

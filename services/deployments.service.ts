@@ -9,7 +9,7 @@ import { currentUser, listTenant, systemUser, visibleTo, type ActionCtx } from "
 import { compensationHandler } from "../lib/compensation";
 import { conflict, forbidden, invalid, invalidTransition, mapDbError, notFound } from "../lib/errors";
 import { canTransition } from "../lib/lifecycle";
-import { decodeCursor, encodeCursor } from "../lib/pagination";
+import { keysetBefore, pageOf } from "../lib/pagination";
 import { iso, isoSql, type Page } from "../lib/dto";
 import { logFields } from "../lib/log-context";
 import { DeploymentFeedMixin } from "./deployments/feed";
@@ -202,15 +202,11 @@ const DeploymentsService: ServiceSchema<any> = {
         const args: unknown[] = [];
         if (tenant) conds.push("tenant_id = ?") && args.push(tenant);
         if (p.state) conds.push("state = ?") && args.push(p.state);
-        if (p.cursor) {
-          const c = decodeCursor(p.cursor);
-          conds.push("(inserted_at, id) < (?, ?)") && args.push(c.insertedAt, c.id);
-        }
+        const after = keysetBefore(p.cursor, "inserted_at", "id");
+        if (after) conds.push(after.sql) && args.push(...after.args);
         const where = conds.length ? `where ${conds.join(" and ")}` : "";
-        const rows = await this.readDeployments(emOf(ctx), `${where} order by inserted_at desc, id desc limit ${limit + 1}`, args);
-        const page = rows.slice(0, limit);
-        const last = page[page.length - 1];
-        return { items: page, next_cursor: rows.length > limit && last ? encodeCursor(new Date(last.inserted_at!), last.id) : null };
+        const rows: DeploymentDto[] = await this.readDeployments(emOf(ctx), `${where} order by inserted_at desc, id desc limit ${limit + 1}`, args);
+        return pageOf(rows, limit, (d) => ({ time: d.inserted_at!, id: d.id }));
       },
     },
 

@@ -142,11 +142,7 @@ const DnsService: ServiceSchema<any> = {
       visibility: "public",
       params: { deployment_id: UUID_PARAM },
       async handler(this: any, ctx: ActionCtx<DeploymentRefParams>) {
-        const user = currentUser(ctx);
-        const row = await emOf(ctx).fork().findOne(DnsRecord, { deployment_id: ctx.params.deployment_id });
-        if (row && !visibleTo(user, row.tenant_id)) throw notFound("DNS record of deployment", ctx.params.deployment_id);
-        if (!row) return { dns_record: null, changed: false };
-        return this.serial(row.fqdn, () => this.revert(ctx, ctx.params.deployment_id));
+        return this.onRecordOf(ctx, () => this.revert(ctx, ctx.params.deployment_id));
       },
     },
 
@@ -159,11 +155,7 @@ const DnsService: ServiceSchema<any> = {
       access: "internal",
       params: { deployment_id: UUID_PARAM },
       async handler(this: any, ctx: ActionCtx<DeploymentRefParams>) {
-        const user = currentUser(ctx);
-        const row = await emOf(ctx).fork().findOne(DnsRecord, { deployment_id: ctx.params.deployment_id });
-        if (row && !visibleTo(user, row.tenant_id)) throw notFound("DNS record of deployment", ctx.params.deployment_id);
-        if (!row) return { dns_record: null, changed: false };
-        return this.serial(row.fqdn, () => this.remove(ctx, ctx.params.deployment_id));
+        return this.onRecordOf(ctx, () => this.remove(ctx, ctx.params.deployment_id));
       },
     },
 
@@ -212,6 +204,18 @@ const DnsService: ServiceSchema<any> = {
   },
 
   methods: {
+    /**
+     * Runs `change` on a deployment's record, one change per name at a time (serial): another tenant's record is
+     * 404, a deployment with no record is a no-op. Shared by revert and remove.
+     */
+    async onRecordOf(this: any, ctx: ActionCtx<DeploymentRefParams>, change: () => Promise<unknown>) {
+      const user = currentUser(ctx);
+      const row = await emOf(ctx).fork().findOne(DnsRecord, { deployment_id: ctx.params.deployment_id });
+      if (row && !visibleTo(user, row.tenant_id)) throw notFound("DNS record of deployment", ctx.params.deployment_id);
+      if (!row) return { dns_record: null, changed: false };
+      return this.serial(row.fqdn, change);
+    },
+
     async serial<T>(key: string, fn: () => Promise<T>): Promise<T> {
       const queues: Map<string, Promise<unknown>> = this.queues;
       const prev = queues.get(key) ?? Promise.resolve();

@@ -7,7 +7,7 @@ import { DriftAction } from "../entities/drift-action";
 import { DbMixin, emOf } from "../lib/db";
 import { currentUser, listTenant, requireOperator, systemUser, visibleTo, type ActionCtx } from "../lib/access";
 import { conflict, invalid, mapDbError, notFound } from "../lib/errors";
-import { decodeCursor, encodeCursor } from "../lib/pagination";
+import { keysetBeforeWhere, pageOf } from "../lib/pagination";
 import type { Page } from "../lib/dto";
 import { catalogTtlMs, doClientFrom, provider, SizeCache, TtlCache } from "../lib/provider";
 import type { CreateDropletInput, CreateDropletResult, Droplet, Region } from "../lib/digitalocean";
@@ -235,14 +235,10 @@ const InventoryService: ServiceSchema<any> = {
         if (p.status) where.status = p.status;
         // Destroyed resources are history: listed only when asked for.
         else if (!p.include_destroyed) where.status = { $ne: "destroyed" };
-        if (p.cursor) {
-          const c = decodeCursor(p.cursor);
-          where.$or = [{ inserted_at: { $lt: c.insertedAt } }, { inserted_at: c.insertedAt, id: { $lt: c.id } }];
-        }
+        Object.assign(where, keysetBeforeWhere(p.cursor, "inserted_at"));
         const rows = await emOf(ctx).find(CloudResource, where as any, { orderBy: [{ inserted_at: "desc" }, { id: "desc" }] as any, limit: limit + 1 });
-        const page = rows.slice(0, limit);
-        const last = page[page.length - 1];
-        return { items: page.map(resourceDto), next_cursor: rows.length > limit && last ? encodeCursor(last.inserted_at, last.id) : null };
+        const page = pageOf(rows, limit, (r) => ({ time: r.inserted_at, id: r.id }));
+        return { items: page.items.map(resourceDto), next_cursor: page.next_cursor };
       },
     },
 

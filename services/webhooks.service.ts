@@ -4,7 +4,7 @@ import type { EntityManager } from "@mikro-orm/postgresql";
 import { DbMixin, emOf } from "../lib/db";
 import { currentUser, listTenant, systemUser, visibleTo, type ActionCtx } from "../lib/access";
 import { forbidden, invalid, notFound } from "../lib/errors";
-import { decodeCursor, encodeCursor } from "../lib/pagination";
+import { keysetBefore, pageOf } from "../lib/pagination";
 import type { Page } from "../lib/dto";
 import { WEBHOOK_EVENT_TYPES, fromDeploymentEvent, fromInvoiceEvent, fromRuntimeChanged, fromSagaEvent, fromStepEvent, type Mapped } from "./webhooks/events";
 import { claim, deliveryCols, deliveryDto, endpointCols, endpointDto, ingest, record, sweepRetention, type Claimed, type DeliveryDto, type WebhookDto } from "./webhooks/store";
@@ -124,14 +124,10 @@ const WebhooksService: ServiceSchema<any> = {
         const conds = ["deleted_at is null"];
         const args: unknown[] = [];
         if (tenant) conds.push("tenant_id = ?") && args.push(tenant);
-        if (p.cursor) {
-          const c = decodeCursor(p.cursor);
-          conds.push("(inserted_at, id) < (?, ?)") && args.push(c.insertedAt, c.id);
-        }
+        const after = keysetBefore(p.cursor, "inserted_at", "id");
+        if (after) conds.push(after.sql) && args.push(...after.args);
         const rows = await emOf(ctx).execute(`select ${endpointCols} from webhook_endpoints where ${conds.join(" and ")} order by inserted_at desc, id desc limit ${limit + 1}`, args);
-        const page = rows.slice(0, limit).map(endpointDto);
-        const last = page[page.length - 1];
-        return { items: page, next_cursor: rows.length > limit && last ? encodeCursor(new Date(last.inserted_at), last.id) : null };
+        return pageOf(rows.map(endpointDto), limit, (w) => ({ time: w.inserted_at, id: w.id }));
       },
     },
 

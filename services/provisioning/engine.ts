@@ -5,7 +5,7 @@ import { Saga, SagaStep, CompensationRequest, type StepStatus, type SagaStatus }
 import { systemUser } from "../../lib/access";
 import { conflict, invalid } from "../../lib/errors";
 import { iso } from "../../lib/dto";
-import { decodeCursor, encodeCursor } from "../../lib/pagination";
+import { keysetBeforeWhere, pageOf } from "../../lib/pagination";
 
 type Logger = Pick<Console, "info" | "warn" | "error">;
 
@@ -260,18 +260,11 @@ export class SagaEngine<Env = any> {
     const em = this.em();
     const where: Record<string, unknown> = {};
     for (const k of ["status", "kind", "deployment_id", "tenant_id"] as const) if (f[k]) where[k] = f[k];
-    if (f.cursor) {
-      const c = decodeCursor(f.cursor);
-      where.$or = [{ started_at: { $lt: c.insertedAt } }, { started_at: c.insertedAt, id: { $lt: c.id } }];
-    }
+    Object.assign(where, keysetBeforeWhere(f.cursor, "started_at"));
     const sagas = await em.find(Saga, where as any, { orderBy: [{ started_at: "desc" }, { id: "desc" }] as any, limit: f.limit + 1 });
-    const page = sagas.slice(0, f.limit);
-    const steps = page.length ? await em.find(SagaStep, { saga_id: { $in: page.map((s) => s.id) } }) : [];
-    const last = page[page.length - 1];
-    return {
-      items: page.map((s) => sagaDto(s, steps.filter((st) => st.saga_id === s.id))),
-      next_cursor: sagas.length > f.limit && last ? encodeCursor(last.started_at, last.id) : null,
-    };
+    const page = pageOf(sagas, f.limit, (s) => ({ time: s.started_at, id: s.id }));
+    const steps = page.items.length ? await em.find(SagaStep, { saga_id: { $in: page.items.map((s) => s.id) } }) : [];
+    return { items: page.items.map((s) => sagaDto(s, steps.filter((st) => st.saga_id === s.id))), next_cursor: page.next_cursor };
   }
 
   async newestFor(deploymentId: string) {
