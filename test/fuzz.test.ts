@@ -195,7 +195,8 @@ beforeAll(async () => {
 
 /**
  * Waits until the start-up and seed work that no request of the tests does has written its rows, so `before` is
- * counted after it: the webhooks service's first catch-up creates its two feed cursors (its later runs only move
+ * counted after it: the webhooks service's first catch-up creates its four feed cursors — deployment events,
+ * runtime changes, finished sagas, invoice events — (its later runs only move
  * them), and the seed's `deployments.created` is published from the outbox and taken in by the webhooks service
  * and the watch feed (each writes its row from the event, after the create answered).
  */
@@ -211,7 +212,7 @@ async function settled(deploymentId: string) {
           [deploymentId],
         )
       ).rows;
-      return r.cursors === 2 && r.unpublished === 0 && r.webhook_events > 0 && r.watch_events > 0;
+      return r.cursors === 4 && r.unpublished === 0 && r.webhook_events > 0 && r.watch_events > 0;
     },
     { timeoutMs: 30_000, what: "the webhooks catch-up's cursors and the seed's event taken in" },
   );
