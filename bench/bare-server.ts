@@ -30,7 +30,7 @@ const PENDING_SAGA = `select id, kind, deployment_id, tenant_id, 'running' as st
 const EVENTS = `select id::float8 as id, deployment_id, from_state, to_state, reason, actor, notes, ${ISO("occurred_at")} as occurred_at
   from deployment_events where deployment_id = $1 order by id`;
 const SUBSCRIPTION = `select s.id, s.deployment_id, s.tenant_id, s.status, s.plan_code,
-    json_build_object('id', v.id, 'plan_code', v.plan_code, 'version', v.version, 'price_cents', v.price_cents, 'currency', v.currency, 'inserted_at', ${ISO("v.inserted_at")}) as plan_version,
+    json_build_object('id', v.id, 'plan_code', v.plan_code, 'version', v.version, 'price_cents', v.price_cents, 'currency', v.currency, 'droplet_size', v.droplet_size, 'inserted_at', ${ISO("v.inserted_at")}) as plan_version,
     ${ISO("s.current_period_start")} as current_period_start, ${ISO("s.current_period_end")} as current_period_end, ${ISO("s.trial_ends_at")} as trial_ends_at,
     coalesce((select json_agg(json_build_object('code', a.addon_code, 'unit_price_cents', a.unit_price_cents, 'currency', a.currency, 'qty', a.qty, 'attached_at', ${ISO("a.attached_at")})
       order by a.attached_at, a.addon_code) from subscription_addons a where a.subscription_id = s.id), '[]') as addons,
