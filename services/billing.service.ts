@@ -13,6 +13,7 @@ import { doClientFrom, provider } from "../lib/provider";
 import { BillingLoopMixin, type RunResult } from "./billing/loop";
 import { BillingFeedMixin } from "./billing/feed";
 import { invoiceDto, readInvoices, type InvoiceDto } from "./billing/invoices";
+import { UUID } from "../lib/params";
 
 export type { RunResult, BillingMove } from "./billing/loop";
 export type { InvoiceDto } from "./billing/invoices";
@@ -37,7 +38,6 @@ export interface OverdueResult {
   overdue: boolean;
   invoice_ids: string[];
 }
-const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 /** SPEC §4: money views count active subscriptions of deployments in these states only. */
 export const REVENUE_STATES = ["active", "past_due", "suspended"] as const;
 

@@ -19,9 +19,8 @@ import { admitCreate, existingSlugId, slugTaken } from "./deployments/admission"
 import { checkCreate } from "./deployments/provision-input";
 import { ResizeRequestMixin } from "./deployments/resize";
 import { TEMPLATE_VERSION } from "./subscriptions/catalog";
+import { UUID, SLUG } from "../lib/params";
 
-const SLUG = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$";
-const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
 export interface CreateParams {
   slug: string;

@@ -10,10 +10,8 @@ import { conflict, invalid, mapDbError, notFound } from "../lib/errors";
 import { iso } from "../lib/dto";
 import type { DigitalOceanClient, DomainRecord } from "../lib/digitalocean";
 import { doClientFrom, provider } from "../lib/provider";
+import { UUID_PARAM, SLUG } from "../lib/params";
 
-const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
-const UUID_PARAM = { type: "string", pattern: UUID.source, messages: { stringPattern: "'{field}' must be a UUID" } };
-const SLUG = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$";
 const IPV4 = "^(25[0-5]|2[0-4]\\d|1\\d\\d|[1-9]?\\d)(\\.(25[0-5]|2[0-4]\\d|1\\d\\d|[1-9]?\\d)){3}$";
 const DOMAIN = /^(?=.{1,190}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]([a-z0-9-]{0,61}[a-z0-9])?$/;
 

@@ -6,6 +6,7 @@ import { conflict, invalid, notFound } from "../lib/errors";
 import { isoSql } from "../lib/dto";
 import { SagaEngine, sagaDto, type EngineSettings, type SagaKind, type StartParams } from "./provisioning/engine";
 import { KINDS, type KindEnv } from "./provisioning/kinds";
+import { UUID_PARAM } from "../lib/params";
 
 /*
  * The saga orchestrator (SPEC §7): one engine (./provisioning/engine.ts) drives every kind; each kind is a list of
@@ -16,8 +17,6 @@ export { KINDS };
 export const STEPS = KINDS.find((k) => k.kind === "provision")!.steps;
 export type { SagaDto, StartParams } from "./provisioning/engine";
 
-const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
-const UUID_PARAM = { type: "string", pattern: UUID.source, messages: { stringPattern: "'{field}' must be a UUID" } };
 
 const num = (v: string | undefined, d: number) => (v === undefined || v === "" ? d : Number(v));
 

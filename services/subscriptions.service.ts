@@ -13,6 +13,7 @@ import type { DeploymentDto } from "./deployments.service";
 import { CatalogMixin, DEFAULT_SIZE, checkSize } from "./subscriptions/catalog";
 import { SubscriptionStatusMixin } from "./subscriptions/status";
 import { ResizeRevertMixin, resizeAfterPlanChange } from "./subscriptions/resize";
+import { UUID } from "../lib/params";
 
 /** What billing is told of a subscription (v1.subscriptions.billable). */
 export interface BillableSubscription {
@@ -36,7 +37,6 @@ export interface BillableParams {
   cursor?: string;
 }
 
-const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 const CODE = { type: "string", pattern: "^[a-z0-9][a-z0-9_-]{0,62}$", messages: { stringPattern: "'{field}' must be a lowercase code (a-z, 0-9, '_', '-')" } };
 const CENTS = { type: "number", integer: true, min: 0, max: 100_000_000 };
 const CURRENCY = { type: "string", pattern: "^[A-Z]{3}$", messages: { stringPattern: "'currency' must be an ISO 4217 code such as USD" } };

@@ -11,13 +11,13 @@ import { claim, deliveryCols, deliveryDto, endpointCols, endpointDto, ingest, re
 import { newSecret, retryDelayMs } from "./webhooks/sign";
 import { urlProblem } from "./webhooks/url";
 import { attempt } from "./webhooks/deliver";
+import { UUID } from "../lib/params";
 
 /*
  * Outbound webhooks and the watch journal (SPEC §9). Design, guarantees and what each source event is:
  * services/webhooks/README.md.
  */
 
-const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 const num = (v: string | undefined, d: number) => (v === undefined || v === "" ? d : Number(v));
 const SAGA_FINAL = ["succeeded", "failed", "compensated", "compensation_failed"];
 /** The catch-up's sources, each with its cursor row in webhook_feed_cursors (README). */

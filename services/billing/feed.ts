@@ -2,6 +2,7 @@ import type { ServiceSchema } from "moleculer";
 import { emOf } from "../../lib/db";
 import type { ActionCtx } from "../../lib/access";
 import { isoSql } from "../../lib/dto";
+import { feedParams } from "../../lib/params";
 import { invoiceEventId, pgArray, readInvoices, type InvoiceDto } from "./invoices";
 
 export interface InvoiceEventsSinceParams {
@@ -39,12 +40,7 @@ export const BillingFeedMixin: Partial<ServiceSchema> = {
     eventsSince: {
       visibility: "public",
       access: "internal",
-      params: {
-        since: { type: "date", convert: true },
-        after_id: { type: "number", integer: true, min: 0, convert: true, optional: true },
-        after_position: { type: "number", integer: true, min: 0, convert: true, optional: true },
-        limit: { type: "number", integer: true, min: 1, max: 1000, convert: true, optional: true },
-      },
+      params: { ...feedParams(1000), after_position: { type: "number", integer: true, min: 0, convert: true, optional: true } },
       async handler(ctx: ActionCtx<InvoiceEventsSinceParams>): Promise<InvoiceEventsSinceResult> {
         const em = emOf(ctx);
         const p = ctx.params;

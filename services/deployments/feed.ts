@@ -2,6 +2,7 @@ import type { ServiceSchema } from "moleculer";
 import { emOf } from "../../lib/db";
 import type { ActionCtx } from "../../lib/access";
 import { isoSql } from "../../lib/dto";
+import { feedParams } from "../../lib/params";
 import { eventDto, type DeploymentDto } from "../deployments.service";
 import type { RuntimeChangedEvent } from "./lifecycle";
 
@@ -33,11 +34,7 @@ export const DeploymentFeedMixin: Partial<ServiceSchema> = {
     eventsSince: {
       visibility: "public",
       access: "internal",
-      params: {
-        since: { type: "date", convert: true },
-        after_id: { type: "number", integer: true, min: 0, convert: true, optional: true },
-        limit: { type: "number", integer: true, min: 1, max: 500, convert: true, optional: true },
-      },
+      params: feedParams(500),
       async handler(this: any, ctx: ActionCtx<EventsSinceParams>): Promise<EventsSinceResult> {
         const em = emOf(ctx);
         const rows = await em.getConnection().execute(
@@ -60,11 +57,7 @@ export const DeploymentFeedMixin: Partial<ServiceSchema> = {
     runtimeSince: {
       visibility: "public",
       access: "internal",
-      params: {
-        since: { type: "date", convert: true },
-        after_id: { type: "number", integer: true, min: 0, convert: true, optional: true },
-        limit: { type: "number", integer: true, min: 1, max: 500, convert: true, optional: true },
-      },
+      params: feedParams(500),
       async handler(ctx: ActionCtx<RuntimeSinceParams>): Promise<RuntimeSinceResult> {
         const rows = await emOf(ctx).getConnection().execute(
           `select id, deployment_id, tenant_id, status, droplet_id, ipv4, hostname, ${isoSql("occurred_at")} as occurred_at from deployment_runtime_events

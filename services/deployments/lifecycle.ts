@@ -9,6 +9,7 @@ import { hasLiveDroplet, lifecycleEffect, RUNTIME_STATUSES, runtimeWhile, type R
 import { factsNeeded, mayOverrideBilling, refuseMove, type MoveFacts } from "../../lib/move-rules";
 import { insertSagaRequest, requestedSaga, sagaForRequest, sweepRequests, type SagaKind, type SagaRequestRow, type StartDeps } from "./saga-requests";
 import { provisionInput } from "./provision-input";
+import { UUID } from "../../lib/params";
 
 export type { MoveFacts };
 
@@ -18,7 +19,6 @@ export type { MoveFacts };
  * services/deployments.service.ts; design note in ./README.md.
  */
 
-const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 const num = (v: string | undefined, d: number) => (v === undefined || v === "" ? d : Number(v));
 /**
  * A call as the system user, through the broker with the caller as parent: `ctx.call(…, {meta: {user}})` would

@@ -7,8 +7,7 @@ import { publicIPv4, type Droplet } from "../../lib/digitalocean";
  * action context type and the resource/droplet DTOs. It imports neither file, so importing it makes no cycle.
  */
 
-export const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
-export const UUID_PARAM = { type: "string", pattern: UUID.source, messages: { stringPattern: "'{field}' must be a UUID" } };
+export { UUID, UUID_PARAM } from "../../lib/params";
 
 /** A droplet as the saga needs it: id, status, public IPv4, placement and tags. */
 export function dropletDto(d: Droplet) {
