@@ -13,7 +13,7 @@ import { doClientFrom, provider } from "../lib/provider";
 import { BillingLoopMixin, type RunResult } from "./billing/loop";
 import { BillingFeedMixin } from "./billing/feed";
 import { invoiceDto, readInvoices, type InvoiceDto } from "./billing/invoices";
-import { UUID } from "../lib/params";
+import { UUID, PAGE_PARAMS } from "../lib/params";
 
 export type { RunResult, BillingMove } from "./billing/loop";
 export type { InvoiceDto } from "./billing/invoices";
@@ -313,8 +313,7 @@ const BillingService: ServiceSchema<any> = {
         deployment_id: { type: "uuid", optional: true },
         status: { type: "enum", values: INVOICE_STATUSES, optional: true },
         tenant_id: { type: "string", min: 1, max: 200, optional: true },
-        limit: { type: "number", integer: true, min: 1, max: 200, convert: true, optional: true },
-        cursor: { type: "string", max: 200, optional: true },
+        ...PAGE_PARAMS,
       },
       async handler(ctx: ActionCtx<ListInvoicesParams>): Promise<Page<InvoiceDto>> {
         const user = currentUser(ctx);

@@ -19,7 +19,7 @@ import { admitCreate, existingSlugId, slugTaken } from "./deployments/admission"
 import { checkCreate } from "./deployments/provision-input";
 import { ResizeRequestMixin } from "./deployments/resize";
 import { TEMPLATE_VERSION } from "./subscriptions/catalog";
-import { UUID, SLUG } from "../lib/params";
+import { UUID, SLUG, PAGE_PARAMS } from "../lib/params";
 
 
 export interface CreateParams {
@@ -187,8 +187,7 @@ const DeploymentsService: ServiceSchema<any> = {
       access: "scoped",
       params: {
         state: { type: "enum", values: DEPLOYMENT_STATES, optional: true },
-        limit: { type: "number", integer: true, min: 1, max: 200, convert: true, optional: true },
-        cursor: { type: "string", max: 200, optional: true },
+        ...PAGE_PARAMS,
         tenant_id: { type: "string", min: 1, max: 200, optional: true },
       },
       async handler(ctx: ActionCtx<ListParams>): Promise<Page<DeploymentDto>> {

@@ -16,6 +16,7 @@ import { dropletDto, resourceDto, UUID, UUID_PARAM, type ResourceDto } from "./i
 import { DriftMixin } from "./inventory/drift";
 import { ProviderActionsMixin } from "./inventory/provider-actions";
 import { restoreDroplets, type DropletSnapshot } from "./inventory/restore";
+import { PAGE_PARAMS } from "../lib/params";
 
 // Shared DTOs (services/inventory/common.ts) and the drift feature's exports (services/inventory/drift.ts), re-exported from here.
 export { dropletDto, resourceDto, type ResourceDto } from "./inventory/common";
@@ -219,8 +220,7 @@ const InventoryService: ServiceSchema<any> = {
         saga_id: { type: "string", min: 1, max: 200, optional: true },
         status: { type: "enum", values: RESOURCE_STATUSES, optional: true },
         include_destroyed: { type: "boolean", convert: true, optional: true },
-        limit: { type: "number", integer: true, min: 1, max: 200, convert: true, optional: true },
-        cursor: { type: "string", max: 200, optional: true },
+        ...PAGE_PARAMS,
       },
       async handler(ctx: ActionCtx<ListParams>): Promise<Page<ResourceDto>> {
         const user = currentUser(ctx);

@@ -6,7 +6,7 @@ import { conflict, invalid, notFound } from "../lib/errors";
 import { isoSql } from "../lib/dto";
 import { SagaEngine, sagaDto, type EngineSettings, type SagaKind, type StartParams } from "./provisioning/engine";
 import { KINDS, type KindEnv } from "./provisioning/kinds";
-import { UUID_PARAM } from "../lib/params";
+import { UUID_PARAM, PAGE_PARAMS } from "../lib/params";
 
 /*
  * The saga orchestrator (SPEC §7): one engine (./provisioning/engine.ts) drives every kind; each kind is a list of
@@ -135,8 +135,7 @@ const ProvisioningService: ServiceSchema<any> = {
         kind: { type: "string", min: 1, max: 64, optional: true },
         deployment_id: { ...UUID_PARAM, optional: true },
         tenant_id: { type: "string", min: 1, max: 200, optional: true },
-        limit: { type: "number", integer: true, min: 1, max: 200, convert: true, optional: true },
-        cursor: { type: "string", max: 200, optional: true },
+        ...PAGE_PARAMS,
       },
       async handler(this: any, ctx: ActionCtx<ListParams>) {
         const { limit, cursor, ...filters } = ctx.params;

@@ -11,7 +11,7 @@ import { claim, deliveryCols, deliveryDto, endpointCols, endpointDto, ingest, re
 import { newSecret, retryDelayMs } from "./webhooks/sign";
 import { urlProblem } from "./webhooks/url";
 import { attempt } from "./webhooks/deliver";
-import { UUID } from "../lib/params";
+import { UUID, PAGE_PARAMS } from "../lib/params";
 
 /*
  * Outbound webhooks and the watch journal (SPEC §9). Design, guarantees and what each source event is:
@@ -111,8 +111,7 @@ const WebhooksService: ServiceSchema<any> = {
     list: {
       access: "scoped",
       params: {
-        limit: { type: "number", integer: true, min: 1, max: 200, convert: true, optional: true },
-        cursor: { type: "string", max: 200, optional: true },
+        ...PAGE_PARAMS,
         tenant_id: { type: "string", min: 1, max: 200, optional: true },
       },
       async handler(ctx: ActionCtx<ListWebhooksParams>): Promise<Page<WebhookDto>> {
@@ -151,8 +150,7 @@ const WebhooksService: ServiceSchema<any> = {
       params: {
         id: { type: "string" },
         status: { type: "enum", values: ["pending", "delivering", "succeeded", "failed", "cancelled"], optional: true },
-        limit: { type: "number", integer: true, min: 1, max: 200, convert: true, optional: true },
-        cursor: { type: "string", max: 200, optional: true },
+        ...PAGE_PARAMS,
       },
       async handler(this: any, ctx: ActionCtx<DeliveriesParams>): Promise<Page<DeliveryDto>> {
         const em = emOf(ctx);
@@ -180,8 +178,7 @@ const WebhooksService: ServiceSchema<any> = {
       params: {
         status: { type: "enum", values: ["pending", "delivering", "succeeded", "failed", "cancelled"], optional: true },
         tenant_id: { type: "string", min: 1, max: 200, optional: true },
-        limit: { type: "number", integer: true, min: 1, max: 200, convert: true, optional: true },
-        cursor: { type: "string", max: 200, optional: true },
+        ...PAGE_PARAMS,
       },
       async handler(this: any, ctx: ActionCtx<{ status?: string; tenant_id?: string; limit?: number; cursor?: string }>): Promise<Page<DeliveryDto & { webhook_id: string; tenant_id: string }>> {
         const p = ctx.params;
