@@ -65,17 +65,18 @@ export function isDatabaseUnavailable(err: unknown): boolean {
 }
 
 /** Moleculer's transport-level failures: the service is not (yet) discovered, its node died or went silent. */
-const TRANSPORT_TYPES = new Set(["SERVICE_NOT_FOUND", "SERVICE_NOT_AVAILABLE", "REQUEST_TIMEOUT", "BAD_GATEWAY", "REQUEST_REJECTED", "QUEUE_FULL", "SERVICE_UNAVAILABLE"]);
+const TRANSPORT_TYPES = new Set(["SERVICE_NOT_FOUND", "SERVICE_NOT_AVAILABLE", "REQUEST_TIMEOUT", "BAD_GATEWAY", "REQUEST_REJECTED", "SERVICE_UNAVAILABLE"]);
+const databaseUnavailable = () => serviceUnavailable("The database is unavailable; retry shortly", RETRY_AFTER_S, { reason: "DATABASE_UNAVAILABLE" });
 
 /** What the gateway answers for an error: unavailability as 503 with retry-after, everything else unchanged. */
 export function toClientError(err: any): any {
   if (err?.code === 503 && err?.type === "SERVICE_UNAVAILABLE") return err;
   // moleculer-web's own ServiceUnavailableError (no endpoint for an alias right now) carries no type.
   if (err?.code === 503) return serviceUnavailable(undefined, RETRY_AFTER_S, { reason: err?.type ?? "NO_ENDPOINT" });
-  if (TRANSPORT_TYPES.has(err?.type) && err?.type !== "QUEUE_FULL") {
+  if (TRANSPORT_TYPES.has(err?.type)) {
     return serviceUnavailable(`A service this request needs is unavailable (${String(err.type).toLowerCase()}); retry shortly`, RETRY_AFTER_S, { reason: err.type });
   }
-  if (isDatabaseUnavailable(err)) return serviceUnavailable("The database is unavailable; retry shortly", RETRY_AFTER_S, { reason: "DATABASE_UNAVAILABLE" });
+  if (isDatabaseUnavailable(err)) return databaseUnavailable();
   return err;
 }
 
@@ -85,7 +86,7 @@ export const UnavailableMiddleware = {
   localAction(next: (ctx: any) => Promise<unknown>) {
     return (ctx: any) =>
       next(ctx).catch((err: unknown) => {
-        if (isDatabaseUnavailable(err)) throw serviceUnavailable("The database is unavailable; retry shortly", RETRY_AFTER_S, { reason: "DATABASE_UNAVAILABLE" });
+        if (isDatabaseUnavailable(err)) throw databaseUnavailable();
         throw err;
       });
   },
