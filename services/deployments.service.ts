@@ -214,12 +214,14 @@ const DeploymentsService: ServiceSchema<any> = {
       async handler(this: any, ctx: ActionCtx<IdParams>) {
         const id = ctx.params.id;
         const deployment = await this.findVisible(ctx, id);
-        const [events, subscription, saga] = await Promise.all([
+        // A requested saga not yet started is newer than any the engine has: it is the one shown.
+        const [events, subscription, saga, pending] = await Promise.all([
           emOf(ctx).getConnection().execute(`select id, deployment_id, from_state, to_state, reason, actor, notes, ${isoSql("occurred_at")} as occurred_at from deployment_events where deployment_id = ? order by id`, [id]),
           ctx.call("v1.subscriptions.forDeployment", { deployment_id: id }),
           this.sagaFor(ctx, id),
+          this.pendingSaga(ctx, id),
         ]);
-        return { deployment, subscription, events: events.map((e: any) => eventDto(e)), saga: (await this.pendingSaga(ctx, id)) ?? saga };
+        return { deployment, subscription, events: events.map((e: any) => eventDto(e)), saga: pending ?? saga };
       },
     },
 
