@@ -68,8 +68,6 @@ export interface KindContext<Env = any> {
   input: Record<string, any>;
   env: Env;
   call<T = any>(action: string, params: Record<string, unknown>, opts?: { timeout?: number }): Promise<T>;
-  /** True when some node serves the action now (a cluster mid-upgrade may not have it yet). */
-  knows(action: string): boolean;
   logger: Logger;
   sleep(ms: number): Promise<void>;
 }
@@ -363,7 +361,6 @@ export class SagaEngine<Env = any> {
       input: saga.input ?? {},
       env: this.env,
       call: (action, params, opts) => this.broker.call(action, params, { meta: { user: this.user, saga_id: saga.id }, requestID: saga.id, ...(opts?.timeout ? { timeout: opts.timeout } : {}) }),
-      knows: (action) => !!(this.broker.registry as any).getActionEndpoints(action)?.hasAvailable(),
       logger: this.logger,
       sleep,
     };

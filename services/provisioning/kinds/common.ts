@@ -1,4 +1,5 @@
 import { PermanentStepError, isTransient, type KindContext, type StepContext } from "../engine";
+import type { RuntimeStatus } from "../../../lib/lifecycle";
 
 /** What the kinds' steps are configured with (the engine passes it through untouched). */
 export interface KindEnv {
@@ -13,7 +14,7 @@ export interface KindEnv {
   defaultImage: string;
 }
 export type Ctx = StepContext<KindEnv>;
-export type RuntimeStatus = "none" | "starting" | "running" | "stopping" | "stopped" | "destroying" | "destroyed";
+export type { RuntimeStatus };
 
 /** Inventory's live row for a droplet (`v1.inventory.forDeployment`), as far as the steps need it. */
 export interface LiveResource {
@@ -30,15 +31,8 @@ export const isGone = (err: any) => err?.code === 404 || err?.data?.status === 4
 export const sagaTag = (sagaId: string) => `saga-${sagaId}`;
 export const deploymentTag = (deploymentId: string) => `deployment-${deploymentId}`;
 
-/**
- * `v1.deployments.setRuntime`. Idempotent. A cluster whose deployments service does not have the action yet (a
- * rolling upgrade) is told nothing rather than failing the saga: the runtime is a view, the droplets are the truth.
- */
+/** `v1.deployments.setRuntime` (idempotent). */
 export async function setRuntime(ctx: KindContext<KindEnv>, status: RuntimeStatus, extra: { droplet_id?: number | null; ipv4?: string | null; hostname?: string | null } = {}) {
-  if (!ctx.knows("v1.deployments.setRuntime") && ctx.knows("v1.deployments.find")) {
-    ctx.logger.warn({ saga_id: ctx.saga.id, status }, "v1.deployments.setRuntime is not served in this cluster; runtime not recorded");
-    return;
-  }
   await ctx.call("v1.deployments.setRuntime", { id: ctx.saga.deployment_id, status, ...extra });
 }
 

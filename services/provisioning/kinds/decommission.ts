@@ -52,8 +52,6 @@ export const decommission: SagaKind<KindEnv> = {
     }),
 
     step("cancel_subscription", "v1.subscriptions.setStatus", async (ctx) => {
-      // A cluster whose subscriptions service does not have the action yet (rolling upgrade): nothing to record.
-      if (!ctx.knows("v1.subscriptions.setStatus") && ctx.knows("v1.subscriptions.forDeployment")) return { skipped: true };
       await ctx.call("v1.subscriptions.setStatus", { deployment_id: ctx.saga.deployment_id, status: "cancelled" });
       return {};
     }),

@@ -73,9 +73,9 @@ export const provision: SagaKind<KindEnv> = {
       undo("dns", "revert", () => ({}))),
 
     step("activate_deployment", "v1.deployments.activateProvisioned",
-      // `to_state` only when it is not the default: a deployments service of the first version knows no such field.
+      // Sagas started before target_state existed end active, as they asked.
       async ({ call, saga, input }) =>
-        void (await call("v1.deployments.activateProvisioned", { id: saga.deployment_id, actor: input.requested_by, ...(input.target_state && input.target_state !== "active" ? { to_state: input.target_state } : {}) }))),
+        void (await call("v1.deployments.activateProvisioned", { id: saga.deployment_id, actor: input.requested_by, to_state: input.target_state ?? "active" }))),
   ],
   // A rolled-back deployment has no droplet left.
   async onEnd(ctx, status) {
