@@ -28,8 +28,8 @@ export const systemUser = (name: string): User => ({ sub: `system:${name}`, tena
  * `ctx.call(…, {meta: {user}})`: Moleculer merges a callee's meta back into the caller's, which would leave the
  * caller's context acting as the system user from then on.
  */
-export function callAsSystem<T = unknown>(ctx: Context, name: string, action: string, params: object = {}): Promise<T> {
-  return ctx.broker.call(action, params, { parentCtx: ctx, meta: { user: systemUser(name) } }) as Promise<T>;
+export function callAsSystem<T = unknown>(ctx: Context, name: string, action: string, params: object = {}, opts: { timeout?: number } = {}): Promise<T> {
+  return ctx.broker.call(action, params, { ...opts, parentCtx: ctx, meta: { user: systemUser(name) } }) as Promise<T>;
 }
 
 export function currentUser(ctx: Context): User {

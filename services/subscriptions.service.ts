@@ -5,7 +5,7 @@ import type { EntityManager } from "@mikro-orm/postgresql";
 import { Addon, Plan, PlanVersion, Template, TemplateVersion } from "../entities/catalog";
 import { Subscription, SubscriptionAddon, SubscriptionChange } from "../entities/subscription";
 import { DbMixin, emOf } from "../lib/db";
-import { currentUser, systemUser, visibleTo, type ActionCtx } from "../lib/access";
+import { callAsSystem, currentUser, visibleTo, type ActionCtx } from "../lib/access";
 import { conflict, invalid, mapDbError, notFound } from "../lib/errors";
 import { iso, isoSql, type Page } from "../lib/dto";
 import { subscriptionStatusFor } from "../lib/lifecycle";
@@ -227,7 +227,7 @@ const SubscriptionsService: ServiceSchema<any> = {
             return s;
           });
           // Billing issues the first invoice; a lost call loses nothing (every billing run issues missing ones).
-          await this.broker.call("v1.billing.issueInitial", { deployment_id: deployment.id }, { meta: { user: systemUser("subscriptions") }, requestID: ctx.requestID ?? undefined }).catch((err: Error) => this.logger.warn({ err: err.message, deployment_id: deployment.id }, "first invoice left to the next billing run"));
+          await callAsSystem(ctx, "subscriptions", "v1.billing.issueInitial", { deployment_id: deployment.id }).catch((err: Error) => this.logger.warn({ err: err.message, deployment_id: deployment.id }, "first invoice left to the next billing run"));
           ctx.meta.$statusCode = 201;
           return { subscription: await this.subscriptionDto(em, sub) };
         } catch (err) {
@@ -398,7 +398,7 @@ const SubscriptionsService: ServiceSchema<any> = {
     async billingNow(ctx: ActionCtx<unknown>): Promise<Date> {
       try {
         // broker.call, not ctx.call: a system user in a child call's meta would be merged back into this request's.
-        return new Date(((await this.broker.call("v1.billing.now", {}, { meta: { user: systemUser("subscriptions") }, requestID: ctx.requestID ?? undefined })) as { now: string }).now);
+        return new Date(((await callAsSystem<{ now: string }>(ctx, "subscriptions", "v1.billing.now"))).now);
       } catch (err) {
         if (err instanceof Errors.ServiceNotFoundError) return new Date();
         throw err;

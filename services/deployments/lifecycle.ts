@@ -2,7 +2,7 @@ import { LockMode } from "@mikro-orm/core";
 import type { EntityManager } from "@mikro-orm/postgresql";
 import { Context, Errors, type ServiceSchema } from "moleculer";
 import { Deployment, DeploymentEvent, type DeploymentState } from "../../entities/deployment";
-import { currentUser, systemUser, visibleTo, type ActionCtx, type User } from "../../lib/access";
+import { callAsSystem, currentUser, systemUser, visibleTo, type ActionCtx, type User } from "../../lib/access";
 import { emOf } from "../../lib/db";
 import { conflict, forbidden, invalid, invalidTransition, notFound } from "../../lib/errors";
 import { hasLiveDroplet, lifecycleEffect, RUNTIME_STATUSES, runtimeWhile, type RuntimeStatus } from "../../lib/lifecycle";
@@ -20,13 +20,6 @@ export type { MoveFacts };
  */
 
 const num = (v: string | undefined, d: number) => (v === undefined || v === "" ? d : Number(v));
-/**
- * A call as the system user, through the broker with the caller as parent: `ctx.call(…, {meta: {user}})` would
- * merge the callee's meta back into the caller's, leaving the caller's context acting as the system user.
- */
-function asSystem<T = unknown>(ctx: ActionCtx<unknown>, action: string, params: object, opts: Record<string, unknown> = {}): Promise<T> {
-  return ctx.broker.call(action, params, { ...opts, parentCtx: ctx, meta: { user: systemUser("deployments") } }) as Promise<T>;
-}
 
 export interface SetRuntimeParams {
   id: string;
@@ -64,7 +57,7 @@ export interface DeploymentLike {
 export async function trialEndsAt(ctx: ActionCtx<unknown>, days = num(process.env.TRIAL_DAYS, 14)): Promise<Date> {
   let now = new Date();
   try {
-    const res = await asSystem<{ now: string }>(ctx, "v1.billing.now", {}, { timeout: 5000 });
+    const res = await callAsSystem<{ now: string }>(ctx, "deployments", "v1.billing.now", {}, { timeout: 5000 });
     now = new Date(res.now);
   } catch (err) {
     if (!(err instanceof Errors.ServiceNotFoundError)) throw err;
@@ -245,7 +238,7 @@ export const LifecycleMixin: Partial<ServiceSchema<any>> = {
       const facts: MoveFacts = {};
       const ask = async (action: string, params: object) => {
         try {
-          return await asSystem(ctx, action, params);
+          return await callAsSystem(ctx, "deployments", action, params);
         } catch (err) {
           if (err instanceof Errors.ServiceNotFoundError) return null; // that service is not part of this cluster
           throw err;
