@@ -535,7 +535,7 @@ function printProfiles(dir: string, phases: PhaseFigures[]) {
       const meanMs = stmts.reduce((a, [, v]) => a + v.totalMs, 0) / total;
       console.log(`  ${p.node.replace("bench-saga-", "").padEnd(12)} ${per(total).toFixed(1)} statements, ${per(p.checkouts).toFixed(1)} connection checkouts; statement mean ${meanMs.toFixed(1)} ms; pool wait mean ${(p.waitMs.total / Math.max(1, p.checkouts)).toFixed(1)} ms (p99 ${p.waitMs.p99.toFixed(0)} ms)`);
       console.log(`  ${"".padEnd(12)} connection held ${per(p.holdMs.total).toFixed(0)} ms per ${f.unit}; pool of ${p.poolMax} busy ${((p.holdMs.total / 1000 / p.seconds / p.poolMax) * 100).toFixed(0)}%; event-loop delay p99 ${p.eventLoopDelayMs.p99.toFixed(0)} ms`);
-      console.log(`  ${"".padEnd(12)} ${stmts.slice(0, 9).map(([k, v]) => `${k} ${per(v.n).toFixed(1)}`).join(", ")}`);
+      console.log(`  ${"".padEnd(12)} ${stmts.slice(0, Number(process.env.BENCH_PROFILE_TOP ?? 9)).map(([k, v]) => `${k} ${per(v.n).toFixed(1)}`).join(", ")}`);
     }
   });
 }
