@@ -13,7 +13,9 @@ export async function freshDatabase(url: string) {
 }
 
 export function startProcess(name: string, script: string, env: Record<string, string>): ChildProcess {
-  const child = spawn(process.execPath, [script], { env: { ...process.env, LOG_LEVEL: "warn", ...env }, stdio: ["ignore", "pipe", "pipe"] });
+  // BENCH_CPU_PROF=dir: the node runs under --cpu-prof (not allowed in NODE_OPTIONS), its profile written to dir on exit.
+  const prof = process.env.BENCH_CPU_PROF ? ["--cpu-prof", `--cpu-prof-dir=${process.env.BENCH_CPU_PROF}`] : [];
+  const child = spawn(process.execPath, [...prof, script], { env: { ...process.env, LOG_LEVEL: "warn", ...env }, stdio: ["ignore", "pipe", "pipe"] });
   child.stderr!.on("data", (d) => process.stderr.write(`[${name}] ${d}`));
   return child;
 }
@@ -36,7 +38,7 @@ export async function waitForHttp(url: string, timeoutMs = 30_000) {
  * Stops the child nodes and waits until they are gone (SIGKILL after `graceMs`): a node left running would keep
  * its NATS subscriptions and pool open, and a node busy draining a run would steal CPU from the next one.
  */
-export async function stopAll(children: ChildProcess[], graceMs = 5_000) {
+export async function stopAll(children: ChildProcess[], graceMs = process.env.BENCH_CPU_PROF ? 30_000 : 5_000) {
   await Promise.all(
     children.map(async (c) => {
       if (c.exitCode !== null || c.signalCode !== null) return;

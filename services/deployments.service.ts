@@ -14,7 +14,7 @@ import { iso, isoSql, type Page } from "../lib/dto";
 import { logFields } from "../lib/log-context";
 import { DeploymentFeedMixin } from "./deployments/feed";
 import { LifecycleMixin, type MoveFacts } from "./deployments/lifecycle";
-import type { SagaRequestRow } from "./deployments/saga-requests";
+import { requestedSaga, type SagaRequestRow } from "./deployments/saga-requests";
 import { admitCreate, existingSlugId, slugTaken } from "./deployments/admission";
 import { checkCreate } from "./deployments/provision-input";
 import { ResizeRequestMixin } from "./deployments/resize";
@@ -54,7 +54,12 @@ export interface TransitionParams extends IdParams {
   actor?: string;
 }
 
-export function deploymentDto(d: Deployment) {
+/**
+ * The deployment's DTO, from its entity (ORM paths) or from a row of `DEPLOYMENT_COLUMNS` (the raw-SQL read paths,
+ * whose timestamps PostgreSQL already gives as ISO text: not parsed again, which was most of a list's mapping time).
+ */
+export function deploymentDto(d: Deployment | DeploymentRow) {
+  const t = (v: Date | string | null | undefined) => (typeof v === "string" ? v : iso(v));
   return {
     id: d.id,
     tenant_id: d.tenant_id,
@@ -62,18 +67,24 @@ export function deploymentDto(d: Deployment) {
     display_name: d.display_name,
     region: d.region,
     state: d.state,
-    state_since: iso(d.state_since),
+    state_since: t(d.state_since),
     llm_mode: d.llm_mode,
     billing_action_suspended: d.billing_action_suspended,
-    template_code: d.template_code,
+    template_code: d.template_code ?? null,
     template_version: d.template_version ?? null,
-    inserted_at: iso(d.inserted_at),
-    updated_at: iso(d.updated_at),
-    trial_ends_at: iso(d.trial_ends_at),
+    inserted_at: t(d.inserted_at),
+    updated_at: t(d.updated_at),
+    trial_ends_at: t(d.trial_ends_at),
     runtime: { status: d.runtime_status, droplet_id: d.runtime_droplet_id == null ? null : Number(d.runtime_droplet_id), ipv4: d.runtime_ipv4 ?? null, hostname: d.runtime_hostname ?? null },
   };
 }
+/** What a raw read of `DEPLOYMENT_COLUMNS` returns: the entity's fields, timestamps as ISO text. */
+type DeploymentRow = { [K in keyof Deployment]: Deployment[K] extends Date | null | undefined ? string | null : Deployment[K] };
 export type DeploymentDto = ReturnType<typeof deploymentDto>;
+
+/** The columns `deploymentDto` reads, timestamps as ISO text computed by PostgreSQL (the raw-SQL read paths). */
+const DEPLOYMENT_COLUMNS = `id, tenant_id, slug, display_name, region, state, ${isoSql("state_since")} as state_since, llm_mode, billing_action_suspended, template_code, template_version,
+  ${isoSql("inserted_at")} as inserted_at, ${isoSql("updated_at")} as updated_at, ${isoSql("trial_ends_at")} as trial_ends_at, runtime_status, runtime_droplet_id, runtime_ipv4, runtime_hostname`;
 
 export function eventDto(e: DeploymentEvent) {
   return {
@@ -213,15 +224,27 @@ const DeploymentsService: ServiceSchema<any> = {
       params: { id: { type: "string" } },
       async handler(this: any, ctx: ActionCtx<IdParams>) {
         const id = ctx.params.id;
-        const deployment = await this.findVisible(ctx, id);
-        // A requested saga not yet started is newer than any the engine has: it is the one shown.
-        const [events, subscription, saga, pending] = await Promise.all([
-          emOf(ctx).getConnection().execute(`select id, deployment_id, from_state, to_state, reason, actor, notes, ${isoSql("occurred_at")} as occurred_at from deployment_events where deployment_id = ? order by id`, [id]),
-          ctx.call("v1.subscriptions.forDeployment", { deployment_id: id }),
-          this.sagaFor(ctx, id),
-          this.pendingSaga(ctx, id),
+        const user = currentUser(ctx);
+        if (!UUID.test(id)) throw notFound("Deployment", id);
+        // One statement reads the deployment, its events and its newest saga request not started yet (issue 13: a
+        // round trip each before); the other services' parts are asked meanwhile, and dropped when the deployment
+        // is not the caller's to see (both are reads, scoped again by their owners).
+        const [[row], subscription, saga] = await Promise.all([
+          emOf(ctx).execute(`select ${DEPLOYMENT_COLUMNS},
+              coalesce((select json_agg(json_build_object('id', e.id, 'deployment_id', e.deployment_id, 'from_state', e.from_state, 'to_state', e.to_state, 'reason', e.reason,
+                  'actor', e.actor, 'notes', e.notes, 'occurred_at', ${isoSql("e.occurred_at")}) order by e.id) from deployment_events e where e.deployment_id = d.id), '[]') as events,
+              (select json_build_object('id', r.id, 'deployment_id', r.deployment_id, 'tenant_id', r.tenant_id, 'kind', r.kind, 'created_at', ${isoSql("r.created_at")})
+                 from deployment_saga_requests r where r.deployment_id = d.id and r.started_at is null and r.next_attempt_at <> 'infinity' order by r.seq desc limit 1) as pending
+            from deployments d where d.id = ?`, [id]),
+          ctx.call("v1.subscriptions.forDeployment", { deployment_id: id }).catch((err: unknown) => err),
+          this.sagaFor(ctx, id).catch((err: unknown) => err),
         ]);
-        return { deployment, subscription, events: events.map((e: any) => eventDto(e)), saga: pending ?? saga };
+        if (!row || !visibleTo(user, row.tenant_id)) throw notFound("Deployment", id);
+        if (subscription instanceof Error) throw subscription;
+        if (saga instanceof Error) throw saga;
+        // A requested saga not yet started is newer than any the engine has: it is the one shown.
+        const pending = row.pending ? requestedSaga(row.pending) : null;
+        return { deployment: deploymentDto(row as DeploymentRow), subscription, events: (row.events as DeploymentEvent[]).map(eventDto), saga: pending ?? saga };
       },
     },
 
@@ -365,13 +388,8 @@ const DeploymentsService: ServiceSchema<any> = {
      * write, and MikroORM's hydration was most of their CPU (README: Benchmarks).
      */
     async readDeployments(em: EntityManager, tail: string, args: unknown[]): Promise<DeploymentDto[]> {
-      const cols = `id, tenant_id, slug, display_name, region, state, ${isoSql("state_since")} as state_since, llm_mode, billing_action_suspended, template_code, template_version, ${isoSql("inserted_at")} as inserted_at, ${isoSql("updated_at")} as updated_at,
-        ${isoSql("trial_ends_at")} as trial_ends_at, runtime_status, runtime_droplet_id, runtime_ipv4, runtime_hostname`;
-      const rows = await em.execute(`select ${cols} from deployments ${tail}`, args);
-      return rows.map(({ runtime_status, runtime_droplet_id, runtime_ipv4, runtime_hostname, ...r }: any) => ({
-        ...r, template_version: r.template_version ?? null, trial_ends_at: r.trial_ends_at ?? null,
-        runtime: { status: runtime_status, droplet_id: runtime_droplet_id == null ? null : Number(runtime_droplet_id), ipv4: runtime_ipv4 ?? null, hostname: runtime_hostname ?? null },
-      }) as DeploymentDto);
+      const rows = await em.execute(`select ${DEPLOYMENT_COLUMNS} from deployments ${tail}`, args);
+      return rows.map((r) => deploymentDto(r as DeploymentRow));
     },
 
     /** The deployment if the caller may see it; 404 when it is absent or another tenant's. */
