@@ -32,12 +32,21 @@ declare
   w jsonb;
   n integer;
   s bigint;
+  head record;
+  d text;
+  -- Each head's seq as this batch moves it, {deployment id: seq}; written back once per head at the end.
+  seqs jsonb := '{}';
+  moved text[] := '{}';
 begin
   -- The deployments' head rows are their locks: ingests of one deployment serialise. An existing head gets the
   -- tenant when it had none yet (a step line carries none; a later event of the deployment does).
-  for h in select x from jsonb_array_elements(batch->'heads') x order by x->>'d' loop
-    insert into watch_heads as wh (deployment_id, tenant_id, seq) values ((h->>'d')::uuid, h->>'t', 0)
-      on conflict (deployment_id) do update set tenant_id = coalesce(wh.tenant_id, excluded.tenant_id);
+  for h in select x from jsonb_array_elements(batch->'heads') x order by (x->>'d')::uuid loop
+    insert into watch_heads (deployment_id, tenant_id, seq) values ((h->>'d')::uuid, h->>'t', 0) on conflict (deployment_id) do nothing;
+    select wh.seq, wh.tenant_id into head from watch_heads wh where wh.deployment_id = (h->>'d')::uuid for update;
+    if head.tenant_id is null and h->>'t' is not null then
+      update watch_heads set tenant_id = h->>'t' where deployment_id = (h->>'d')::uuid;
+    end if;
+    seqs := seqs || jsonb_build_object((h->>'d')::uuid::text, head.seq);
   end loop;
 
   for r in select x.value as ev, x.ordinality::integer as i from jsonb_array_elements(batch->'events') with ordinality x
@@ -74,10 +83,13 @@ begin
       -- A repeat of the same move (a broadcast heard twice, a replay) is not journaled again.
       perform 1 from watch_events where deployment_id = (w->>'deployment_id')::uuid and dedupe_key = w->>'dedupe_key';
       if not found then
-        update watch_heads set seq = seq + 1 where deployment_id = (w->>'deployment_id')::uuid returning seq into s;
+        d := (w->>'deployment_id')::uuid::text;
+        s := (seqs->>d)::bigint + 1;
         if s is null then
-          raise exception 'webhooks_ingest: no head row for deployment % (it must be listed in heads)', w->>'deployment_id';
+          raise exception 'webhooks_ingest: deployment % is not in the batch''s heads', d;
         end if;
+        seqs := seqs || jsonb_build_object(d, s);
+        if not (d = any(moved)) then moved := moved || d; end if;
         insert into watch_events (deployment_id, seq, type, dedupe_key, data, created_at)
           values ((w->>'deployment_id')::uuid, s, w->>'type', w->>'dedupe_key', coalesce(w->'data', e->'payload'->'data'), now());
         watch_seq := s;
@@ -85,6 +97,8 @@ begin
     end if;
     return next;
   end loop;
+  -- A head's seq is written once per batch (one row version per deployment, not one per line).
+  update watch_heads wh set seq = (seqs->>(wh.deployment_id::text))::bigint where wh.deployment_id = any(moved::uuid[]);
 end
 $fn$`);
   }
