@@ -312,7 +312,13 @@ const WebhooksService: ServiceSchema<any> = {
       try {
         while (this.intake.length) {
           const batch: Queued[] = this.intake.splice(0, this.cfg.ingestBatch);
-          await this.ingestQueued(batch);
+          try {
+            await this.ingestQueued(batch);
+          } catch (err: any) {
+            // Not the database (ingestQueued handles that): still, nobody waits forever and the queue goes on.
+            this.logger.warn({ events: batch.length, err: err?.message }, "webhook events: batch follow-up failed");
+            for (const q of batch) (q.strict ? q.reject(err) : q.resolve());
+          }
         }
       } finally {
         this.flushing = false;
