@@ -7,7 +7,7 @@ import { forbidden, invalid, notFound } from "../lib/errors";
 import { keysetBefore, pageOf } from "../lib/pagination";
 import type { Page } from "../lib/dto";
 import { WEBHOOK_EVENT_TYPES, fromDeploymentEvent, fromInvoiceEvent, fromRuntimeChanged, fromSagaEvent, fromStepEvent, type Mapped } from "./webhooks/events";
-import { claim, deliveryCols, deliveryDto, endpointCols, endpointDto, ingest, record, sweepRetention, type Claimed, type DeliveryDto, type WebhookDto } from "./webhooks/store";
+import { claim, deliveryCols, deliveryDto, deploymentOf, endpointCols, endpointDto, ingestBatch, record, splitAfter, sweepRetention, type Claimed, type DeliveryDto, type IngestResult, type WebhookDto } from "./webhooks/store";
 import { newSecret, retryDelayMs } from "./webhooks/sign";
 import { urlProblem } from "./webhooks/url";
 import { attempt } from "./webhooks/deliver";
@@ -67,9 +67,20 @@ function settingsFrom(env = process.env) {
     // Finished deliveries, their events and watch lines are kept this long (0: forever), swept this often.
     retentionMs: num(env.WEBHOOK_RETENTION_DAYS, 30) * 86_400_000,
     retentionSweepMs: num(env.WEBHOOK_RETENTION_SWEEP_MS, 3_600_000),
+    // At most this many events per ingest statement (a catch-up backlog goes in several).
+    ingestBatch: Math.max(1, num(env.WEBHOOK_INGEST_BATCH, 500)),
   };
 }
 type Settings = ReturnType<typeof settingsFrom>;
+
+/** An event waiting for the next ingest batch, and who waits for it. */
+interface Queued {
+  m: Mapped;
+  source: string;
+  strict: boolean;
+  resolve(): void;
+  reject(err: unknown): void;
+}
 
 const WebhooksService: ServiceSchema<any> = {
   name: "webhooks",
@@ -269,37 +280,80 @@ const WebhooksService: ServiceSchema<any> = {
 
   methods: {
     /**
-     * Takes events of one deployment in one at a time, in the order they arrived: a saga's step events come from
-     * one emitter in order, and concurrent ingests racing for the deployment's lock could otherwise journal them
-     * out of order. (Every webhooks node hears a broadcast in the same order, so the journal keeps it.)
+     * Queues an event for the next batch (see `flush`); resolves once it was taken in, or dropped. Never rejects,
+     * unless `strict` (the catch-up: its cursor must not move past an event that was not taken in).
      */
     take(this: any, m: Mapped, source: string, strict = false): Promise<void> {
       if (!m.envelope && !m.watch) return Promise.resolve();
-      const key = m.watch?.deployment_id ?? m.envelope?.deployment_id;
-      if (!key) return this.takeNow(m, source, strict);
-      // A strict (catch-up) ingest that failed must not stop the ones queued after it.
-      const next: Promise<void> = (this.chains.get(key) ?? Promise.resolve()).catch(() => undefined).then(() => this.takeNow(m, source, strict));
-      this.chains.set(key, next);
-      void next.then(() => {
-        if (this.chains.get(key) === next) this.chains.delete(key);
+      return new Promise<void>((resolve, reject) => {
+        this.intake.push({ m, source, strict, resolve, reject });
+        if (!this.flushing && !this.flushScheduled) {
+          // Events that arrive in the same turn of the event loop go in one batch.
+          this.flushScheduled = true;
+          setImmediate(() => {
+            this.flushScheduled = false;
+            void this.track(this.flush());
+          });
+        }
       });
-      return next;
     },
 
     /**
-     * Takes one event in (one transaction), then wakes the watchers and this node's delivery loop. Never throws,
-     * unless `strict` (the catch-up: its cursor must not move past an event that was not taken in).
+     * Takes the queued events in, batch after batch, one batch in flight per node: what arrives while a batch is
+     * in flight is the next batch, so batches grow with the load and each costs one statement and one commit.
+     * The queue is first come, first served and a batch keeps its order, so events of one deployment are
+     * journaled in the order they arrived (a saga's step events come from one emitter in order, and every
+     * webhooks node hears a broadcast in that order). After each commit: one wake-up of the delivery loop, one
+     * `webhooks.watch.appended` per deployment that got lines.
      */
-    async takeNow(this: any, m: Mapped, source: string, strict = false): Promise<void> {
+    async flush(this: any): Promise<void> {
+      if (this.flushing) return;
+      this.flushing = true;
       try {
-        const r = await ingest(this.orm.em.fork(), m);
-        if (r.watchSeq !== null) this.broker.broadcast("webhooks.watch.appended", { deployment_id: r.deploymentId, seq: r.watchSeq });
-        if (r.deliveries) this.kick();
-      } catch (err: any) {
-        // The catch-up takes it in later from the source's feed; see README.
-        this.logger.warn({ source, event_id: m.envelope?.id, deployment_id: m.watch?.deployment_id, err: err?.message }, "webhook event not taken in");
-        if (strict) throw err;
+        while (this.intake.length) {
+          const batch: Queued[] = this.intake.splice(0, this.cfg.ingestBatch);
+          try {
+            await this.ingestQueued(batch);
+          } catch (err: any) {
+            // Not the database (ingestQueued handles that): still, nobody waits forever and the queue goes on.
+            this.logger.warn({ events: batch.length, err: err?.message }, "webhook events: batch follow-up failed");
+            for (const q of batch) (q.strict ? q.reject(err) : q.resolve());
+          }
+        }
+      } finally {
+        this.flushing = false;
       }
+    },
+
+    /** One batch: one statement; if the server refused it (one bad event fails all), each event alone. */
+    async ingestQueued(this: any, batch: Queued[]): Promise<void> {
+      let results: IngestResult[];
+      try {
+        results = await ingestBatch(this.orm.em.fork(), batch.map((q) => q.m));
+      } catch (err: any) {
+        if (batch.length > 1 && splitAfter(err)) {
+          for (const q of batch) await this.ingestQueued([q]);
+          return;
+        }
+        // The catch-up takes them in later from the sources' feeds; see README.
+        this.logger.warn(
+          { events: batch.length, sources: [...new Set(batch.map((q) => q.source))], event_ids: batch.map((q) => q.m.envelope?.id).filter(Boolean).slice(0, 20), deployment_id: batch.length === 1 ? deploymentOf(batch[0].m) : undefined, err: err?.message },
+          "webhook events not taken in",
+        );
+        for (const q of batch) (q.strict ? q.reject(err) : q.resolve());
+        return;
+      }
+      const appended = new Map<string, number>();
+      let deliveries = 0;
+      for (const r of results) {
+        deliveries += r.deliveries;
+        if (r.watchSeq !== null && r.deploymentId && r.watchSeq > (appended.get(r.deploymentId) ?? 0)) appended.set(r.deploymentId, r.watchSeq);
+      }
+      // The gateways re-read a woken deployment's journal from where each stream is: one message per deployment
+      // carrying its newest seq wakes them as well as one per line.
+      for (const [deploymentId, seq] of appended) this.broker.broadcast("webhooks.watch.appended", { deployment_id: deploymentId, seq });
+      if (deliveries) this.kick();
+      for (const q of batch) q.resolve();
     },
 
     async visibleEndpoint(this: any, em: EntityManager, ctx: ActionCtx<unknown>, id: string): Promise<WebhookDto> {
@@ -405,7 +459,11 @@ const WebhooksService: ServiceSchema<any> = {
         const ordered = fresh.map((m, i) => ({ m, i })).sort((a, b) => at(a.m) - at(b.m) || a.i - b.i).map((x) => x.m);
         this.holdDeliveries = (this.holdDeliveries ?? 0) + 1;
         try {
-          for (const m of ordered) await this.take(m, "catch-up", true);
+          // All queued at once (the queue keeps their order and batches them); every one is waited for before the
+          // deliveries go and the cursors move, and the first failure is the catch-up's.
+          const settled = await Promise.allSettled(ordered.map((m) => this.take(m, "catch-up", true)));
+          const failed = settled.find((r): r is PromiseRejectedResult => r.status === "rejected");
+          if (failed) throw failed.reason;
         } finally {
           this.holdDeliveries--;
           this.kick();
@@ -479,7 +537,9 @@ const WebhooksService: ServiceSchema<any> = {
   created() {
     this.inFlight = new Set<string>();
     this.background = new Set<Promise<unknown>>();
-    this.chains = new Map<string, Promise<void>>();
+    this.intake = [] as Queued[];
+    this.flushing = false;
+    this.flushScheduled = false;
     this.holdDeliveries = 0;
     this.metricsOn = this.broker.isMetricsEnabled();
     if (this.metricsOn) this.broker.metrics.register({ type: "counter", name: "arcadia.webhook.attempts", labelNames: ["outcome"], description: "Webhook delivery attempts by outcome: succeeded, retry (will be tried again), failed (given up)" });

@@ -6,7 +6,9 @@ import type { Mapped, WebhookEnvelope } from "./events";
 /*
  * The webhooks service's tables (migrations/Migration20261202008000_webhooks.ts), in SQL. Everything an event
  * causes — its webhook_events row, one delivery per interested endpoint, its watch line — commits in one
- * transaction, so an event that was taken in is never half-recorded and never lost afterwards.
+ * transaction, so an event that was taken in is never half-recorded and never lost afterwards. A batch of events
+ * is one statement, webhooks_ingest (migrations/Migration20261202010000_webhooks_ingest.ts): one round trip and
+ * one commit however many events it carries.
  */
 
 export interface IngestResult {
@@ -18,53 +20,70 @@ export interface IngestResult {
   deploymentId: string | null;
 }
 
-export async function ingest(em: EntityManager, m: Mapped): Promise<IngestResult> {
-  const deploymentId = m.envelope?.deployment_id ?? m.watch?.deployment_id ?? null;
-  return em.transactional(async (tx) => {
-    let head: { seq: string; tenant_id: string | null } | undefined;
-    if (deploymentId) {
-      // The deployment's head row is its lock: ingests of one deployment serialise, so delivery order (seq) and
-      // watch order are the order the events were taken in, and the watch sequence has no gaps or reorderings.
-      const tenant = m.watch?.tenant_id ?? m.envelope?.tenant_id ?? null;
-      await tx.execute(`insert into watch_heads (deployment_id, tenant_id, seq) values (?, ?, 0) on conflict (deployment_id) do nothing`, [deploymentId, tenant]);
-      [head] = await tx.execute(`select seq, tenant_id from watch_heads where deployment_id = ? for update`, [deploymentId]);
-      if (tenant && head && !head.tenant_id) await tx.execute(`update watch_heads set tenant_id = ? where deployment_id = ?`, [tenant, deploymentId]);
+/** The deployment whose head row an event is taken in under (its envelope's, else its watch line's). */
+export const deploymentOf = (m: Mapped): string | null => m.envelope?.deployment_id ?? m.watch?.deployment_id ?? null;
+
+/**
+ * The argument of webhooks_ingest for a batch, as JSON text (built once; pure). `heads`: every deployment the
+ * batch touches, sorted (the function locks them in that order), each with the first tenant its events name (a
+ * head without a tenant gets it). `events`: in the batch's order; a watch line whose data is its envelope's data
+ * (the same object: deployment events, runtime changes, finished sagas) is sent once, as the envelope's.
+ */
+export function ingestInput(batch: Mapped[]): string {
+  const heads = new Map<string, string | null>();
+  const events: string[] = [];
+  for (const m of batch) {
+    for (const [d, t] of [[m.envelope?.deployment_id, m.watch?.tenant_id ?? m.envelope?.tenant_id], [m.watch?.deployment_id, m.watch?.tenant_id ?? m.envelope?.tenant_id]] as const) {
+      if (d && !heads.get(d)) heads.set(d, t ?? null);
     }
-    let fresh = false;
-    let deliveries = 0;
-    if (m.envelope) {
-      const e = m.envelope;
-      const body: WebhookEnvelope = { id: e.id, type: e.type, created_at: e.created_at, tenant_id: e.tenant_id, data: e.data };
-      const inserted = await tx.execute(
-        `insert into webhook_events (id, type, tenant_id, deployment_id, dep_event_id, from_state, to_state, payload, created_at) values (?, ?, ?, ?, ?, ?, ?, ?::jsonb, ?) on conflict (id) do nothing returning id`,
-        [e.id, e.type, e.tenant_id, e.deployment_id, e.chain?.event_id ?? null, e.chain?.from_state ?? null, e.chain?.to_state ?? null, JSON.stringify(body), e.created_at],
+    const parts: string[] = [];
+    const e = m.envelope;
+    if (e) {
+      const payload: WebhookEnvelope = { id: e.id, type: e.type, created_at: e.created_at, tenant_id: e.tenant_id, data: e.data };
+      parts.push(
+        `"e":${JSON.stringify({ id: e.id, type: e.type, tenant_id: e.tenant_id, deployment_id: e.deployment_id, dep_event_id: e.chain?.event_id ?? null, from_state: e.chain?.from_state ?? null, to_state: e.chain?.to_state ?? null, created_at: e.created_at, payload })}`,
       );
-      fresh = inserted.length > 0;
-      if (fresh) {
-        // Endpoints that existed when the event happened, of its tenant or for all tenants, wanting its type.
-        const rows = await tx.execute(
-          `insert into webhook_deliveries (id, endpoint_id, event_id, order_key, event_at, dep_event_id, status, attempts, next_attempt_at, created_at, updated_at)
-           select gen_random_uuid(), w.id, ?, ?, ?, ?, 'pending', 0, now(), now(), now() from webhook_endpoints w
-           where w.deleted_at is null and (w.all_tenants or w.tenant_id = ?)
-             and (jsonb_array_length(w.events) = 0 or w.events @> jsonb_build_array(?::text)) and w.inserted_at <= ?
-           order by w.id returning id`,
-          [e.id, e.deployment_id ?? e.id, e.created_at, e.chain?.event_id ?? null, e.tenant_id, e.type, e.created_at],
-        );
-        deliveries = rows.length;
-      }
     }
-    let watchSeq: number | null = null;
-    if (m.watch && head) {
-      const w = m.watch;
-      const dup = await tx.execute(`select 1 from watch_events where deployment_id = ? and dedupe_key = ?`, [w.deployment_id, w.dedupe_key]);
-      if (!dup.length) {
-        watchSeq = Number(head.seq) + 1;
-        await tx.execute(`insert into watch_events (deployment_id, seq, type, dedupe_key, data, created_at) values (?, ?, ?, ?, ?::jsonb, now())`, [w.deployment_id, watchSeq, w.type, w.dedupe_key, JSON.stringify(w.data)]);
-        await tx.execute(`update watch_heads set seq = ? where deployment_id = ?`, [watchSeq, w.deployment_id]);
-      }
+    const w = m.watch;
+    if (w) {
+      const line = { deployment_id: w.deployment_id, type: w.type, dedupe_key: w.dedupe_key, ...(e && w.data === e.data ? {} : { data: w.data }) };
+      parts.push(`"w":${JSON.stringify(line)}`);
     }
-    return { fresh, deliveries, watchSeq, deploymentId };
-  });
+    events.push(`{${parts.join(",")}}`);
+  }
+  const headList = [...heads.keys()].sort().map((d) => ({ d, t: heads.get(d) ?? null }));
+  return `{"heads":${JSON.stringify(headList)},"events":[${events.join(",")}]}`;
+}
+
+/**
+ * Takes a batch of events in: one statement, one transaction (all or nothing). Results in the batch's order.
+ * Events of one deployment are journaled in the batch's order.
+ */
+export async function ingestBatch(em: EntityManager, batch: Mapped[]): Promise<IngestResult[]> {
+  if (!batch.length) return [];
+  const rows = await em.execute<{ pos: number; fresh: boolean; deliveries: number; watch_seq: string | null }[]>(`select pos, fresh, deliveries, watch_seq from webhooks_ingest(?::jsonb)`, [ingestInput(batch)]);
+  const out: IngestResult[] = batch.map((m) => ({ fresh: false, deliveries: 0, watchSeq: null, deploymentId: deploymentOf(m) }));
+  for (const r of rows) {
+    const o = out[r.pos - 1];
+    o.fresh = !!r.fresh;
+    o.deliveries = Number(r.deliveries);
+    o.watchSeq = r.watch_seq == null ? null : Number(r.watch_seq);
+  }
+  return out;
+}
+
+/** One event: a batch of one. */
+export async function ingest(em: EntityManager, m: Mapped): Promise<IngestResult> {
+  return (await ingestBatch(em, [m]))[0];
+}
+
+/**
+ * Whether a failed batch is worth taking in again one event at a time: the server refused the statement (one
+ * event's bad value — say a deployment id that is not a UUID — fails the whole batch), as opposed to the database
+ * being unreachable, shutting down or out of resources, where every event would fail again.
+ */
+export function splitAfter(err: any): boolean {
+  return !!err?.severity && typeof err.code === "string" && !/^(08|53|57|58)/.test(err.code);
 }
 
 export interface Claimed {
