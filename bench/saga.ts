@@ -346,7 +346,7 @@ async function main() {
   const nodeOptions = [
     process.env.NODE_OPTIONS ?? "",
     PROFILE ? `--require ${join(__dirname, "pg-profile.js")}` : "",
-    CPU_PROF ? `--cpu-prof --cpu-prof-dir=${CPU_PROF}` : "",
+    // BENCH_CPU_PROF: bench/lib startProcess passes --cpu-prof on the command line (Node refuses it in NODE_OPTIONS).
   ].filter(Boolean).join(" ");
   const instrumented: Record<string, string> = { ...(nodeOptions ? { NODE_OPTIONS: nodeOptions } : {}), ...(PROFILE ? { PG_PROFILE_DIR: profileDir } : {}) };
   const provider = { DO_API_URL: SIM, DO_TOKEN: "bench-token", DNS_DOMAIN: "apps.bench.test" };
