@@ -6,4 +6,5 @@ RUN npm ci --no-audit --no-fund || npm install --no-audit --no-fund --no-save
 COPY . .
 RUN npm run build
 ENV NODE_ENV=production
-CMD ["node", "dist/bin/start.js"]
+# the heap flags of bin/node-flags.ts (peak RSS per node, issue 13)
+CMD ["node", "--max-semi-space-size=16", "--max-old-space-size=512", "dist/bin/start.js"]

@@ -1,6 +1,7 @@
 import { execFileSync, spawn, type ChildProcess } from "node:child_process";
 import { readdirSync, readFileSync, readlinkSync, writeFileSync } from "node:fs";
 import { Client } from "pg";
+import { NODE_HEAP_FLAGS } from "../bin/node-flags";
 
 /** Shared by the benchmarks: a scratch database, child nodes, waiting for ports, and what processes cost. */
 export async function freshDatabase(url: string) {
@@ -12,10 +13,15 @@ export async function freshDatabase(url: string) {
   await admin.end();
 }
 
+/** Node's arguments for a child: an arcadia node (dist/bin/start.js) gets the heap flags production uses (bin/node-flags.ts). */
+export function nodeArgs(script: string): string[] {
+  return script.endsWith("bin/start.js") ? [...NODE_HEAP_FLAGS, script] : [script];
+}
+
 export function startProcess(name: string, script: string, env: Record<string, string>): ChildProcess {
   // BENCH_CPU_PROF=dir: the node runs under --cpu-prof (not allowed in NODE_OPTIONS), its profile written to dir on exit.
   const prof = process.env.BENCH_CPU_PROF ? ["--cpu-prof", `--cpu-prof-dir=${process.env.BENCH_CPU_PROF}`] : [];
-  const child = spawn(process.execPath, [...prof, script], { env: { ...process.env, LOG_LEVEL: "warn", ...env }, stdio: ["ignore", "pipe", "pipe"] });
+  const child = spawn(process.execPath, [...prof, ...nodeArgs(script)], { env: { ...process.env, LOG_LEVEL: "warn", ...env }, stdio: ["ignore", "pipe", "pipe"] });
   child.stderr!.on("data", (d) => process.stderr.write(`[${name}] ${d}`));
   return child;
 }
