@@ -11,6 +11,7 @@ import { Migration20261202006000_catalog } from "./Migration20261202006000_catal
 import { Migration20261202007000_idempotency } from "./Migration20261202007000_idempotency";
 import { Migration20261202008000_webhooks } from "./Migration20261202008000_webhooks";
 import { Migration20261202009500_feeds } from "./Migration20261202009500_feeds";
+import { Migration20261202011000_saga_functions } from "./Migration20261202011000_saga_functions";
 
 /** Every migration, in order. Listed explicitly so compiled and test runs load the same set without globbing. */
 export const migrationsList = [
@@ -27,4 +28,5 @@ export const migrationsList = [
   { name: "Migration20261202007000_idempotency", class: Migration20261202007000_idempotency },
   { name: "Migration20261202008000_webhooks", class: Migration20261202008000_webhooks },
   { name: "Migration20261202009500_feeds", class: Migration20261202009500_feeds },
+  { name: "Migration20261202011000_saga_functions", class: Migration20261202011000_saga_functions },
 ];
