@@ -12,6 +12,7 @@ import { Migration20261202007000_idempotency } from "./Migration20261202007000_i
 import { Migration20261202008000_webhooks } from "./Migration20261202008000_webhooks";
 import { Migration20261202009500_feeds } from "./Migration20261202009500_feeds";
 import { Migration20261202010000_webhooks_ingest } from "./Migration20261202010000_webhooks_ingest";
+import { Migration20261202011000_saga_functions } from "./Migration20261202011000_saga_functions";
 
 /** Every migration, in order. Listed explicitly so compiled and test runs load the same set without globbing. */
 export const migrationsList = [
@@ -29,4 +30,5 @@ export const migrationsList = [
   { name: "Migration20261202008000_webhooks", class: Migration20261202008000_webhooks },
   { name: "Migration20261202009500_feeds", class: Migration20261202009500_feeds },
   { name: "Migration20261202010000_webhooks_ingest", class: Migration20261202010000_webhooks_ingest },
+  { name: "Migration20261202011000_saga_functions", class: Migration20261202011000_saga_functions },
 ];

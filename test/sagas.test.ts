@@ -113,6 +113,8 @@ test("sagas of one deployment run one at a time, in creation order; another depl
   await waitFor(async () => ha.entered, { what: "saga A to be inside its first step" });
   const held = (await start(broker, d, b)).saga;
   expect(held.status).toBe("running");
+  // The creator answers from the rows it wrote, without reading them back: the same saga a read returns.
+  expect(held).toEqual(await sagaOf(b));
   // Unrelated work goes on meanwhile.
   const elsewhere = await deployment(d.tenant);
   const c = randomUUID();

@@ -7,7 +7,7 @@ import { conflict, invalid } from "../../lib/errors";
 import { iso } from "../../lib/dto";
 import { keysetBeforeWhere, pageOf } from "../../lib/pagination";
 
-type Logger = Pick<Console, "info" | "warn" | "error">;
+type Logger = Pick<Console, "debug" | "info" | "warn" | "error">;
 
 /*
  * A generic saga engine: it knows steps, leases, retries and the compensation outbox, nothing of droplets or DNS.
@@ -140,13 +140,41 @@ export function sagaDto(saga: Saga, steps: SagaStep[]) {
 export type SagaDto = ReturnType<typeof sagaDto>;
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+/** The rows saga_create wrote, as the creator knows them (what a read back would return). */
+export function createdState(
+  p: StartParams, input: Record<string, any>, row: { r_seq: unknown; r_started_at: unknown }, stepIds: string[], steps: { name: string }[],
+  owner: string | null, leaseMs: number,
+): { saga: Saga; steps: SagaStep[] } {
+  const started = new Date(row.r_started_at as any);
+  const saga = {
+    id: p.id, kind: p.kind, seq: row.r_seq == null ? null : Number(row.r_seq), deployment_id: p.deployment_id, tenant_id: p.tenant_id, input,
+    status: "running", owner_node: owner, lease_until: owner ? new Date(Date.now() + leaseMs) : null, started_at: started, finished_at: null,
+    error: null, updated_at: started,
+  } as Saga;
+  const rows = steps.map((s, idx) => ({
+    id: stepIds[idx], saga_id: p.id, idx, name: s.name, status: "pending", attempts: 0, started_at: null, finished_at: null, error: null,
+    output: {}, compensate_input: null, compensation_attempts: 0, compensation_error: null, compensated_at: null,
+  }) as SagaStep);
+  return { saga, steps: rows };
+}
+
+/** A step's succeeded write not yet sent: it goes with the next write of the saga (the next step's start, or the end). */
+interface Done {
+  step: SagaStep;
+  patch: Partial<SagaStep>;
+  seconds: number;
+}
 export const backoff = (base: number, attempt: number) => Math.min(base * 2 ** Math.max(0, attempt - 1), 30_000);
 
 const OPEN = `('running','compensating')`;
 /** True for saga `s` while an older saga of its deployment is still open: it waits its turn. */
 const HELD = `exists (select 1 from sagas o where o.deployment_id = s.deployment_id and o.seq < s.seq and o.status in ${OPEN})`;
-/** Creating a saga and ending one take this per-deployment lock, so the queue order and the hand-over never race. */
-const LOCK_DEPLOYMENT = `select pg_advisory_xact_lock(7207, hashtext(?))`;
+/**
+ * Creating a saga, ending one (saga_create, saga_finish) and an operator retry take this per-deployment lock, so
+ * the queue order and the hand-over never race. Keyed by the uuid's canonical text, as the two functions key it.
+ */
+const LOCK_DEPLOYMENT = `select pg_advisory_xact_lock(7207, hashtext(?::uuid::text))`;
 
 /**
  * Drives sagas: one node at a time per saga (a lease in the sagas row), one saga at a time per deployment (in
@@ -216,37 +244,30 @@ export class SagaEngine<Env = any> {
     const kind = this.kinds.get(p.kind);
     if (!kind) throw invalid(`Unknown saga kind '${p.kind}'`, [{ field: "kind", type: "enum" }]);
     const input = { ...(kind.def.prepare ? kind.def.prepare(p.input ?? {}, this.env) : p.input ?? {}), ...(p.requested_by ? { requested_by: p.requested_by } : {}) };
-    const em = this.em();
-    const created = await em.transactional(async (tx) => {
-      await tx.execute(LOCK_DEPLOYMENT, [p.deployment_id]);
-      const rows = await tx.execute(
-        `insert into sagas (id, kind, deployment_id, tenant_id, input, status, owner_node, lease_until, started_at, finished_at, error, updated_at)
-         values (?, ?, ?, ?, ?::jsonb, 'running', null, null, now(), null, null, now()) on conflict (id) do nothing returning id`,
-        [p.id, p.kind, p.deployment_id, p.tenant_id, JSON.stringify(input)],
-      );
-      if (!rows.length) return false;
-      const values = kind.def.steps.map(() => `(gen_random_uuid(), ?, ?, ?, 'pending', 0, '{}'::jsonb, 0)`).join(", ");
-      await tx.execute(
-        `insert into saga_steps (id, saga_id, idx, name, status, attempts, output, compensation_attempts) values ${values}`,
-        kind.def.steps.flatMap((s, idx) => [p.id, idx, s.name]),
-      );
-      // Inside the deployment's lock every older saga is committed: held or not is decided here, once.
-      const claimed = await tx.execute(`update sagas s set owner_node = ?, lease_until = now() + (? || ' milliseconds')::interval where s.id = ? and not ${HELD} returning s.id`, [
-        this.node, String(this.settings.leaseMs), p.id,
-      ]);
-      return { claimed: claimed.length > 0 };
-    });
-    const found = (await this.get(p.id))!;
-    if (!created) {
+    // One round trip and one commit: the deployment's lock, the saga, its steps and the claim, in saga_create
+    // (migrations/Migration20261202011000_saga_functions.ts; a function so the claim reads after the lock).
+    const stepIds = kind.def.steps.map(() => randomUUID());
+    const [row] = await this.em().execute<{ r_created: boolean; r_claimed: boolean; r_seq: string | null; r_started_at: Date | string }[]>(
+      `select r_created, r_claimed, r_seq, r_started_at from saga_create(?::uuid, ?, ?::uuid, ?, ?::jsonb,
+         array(select e from jsonb_array_elements_text(?::jsonb) with ordinality t(e, n) order by n)::uuid[],
+         array(select e from jsonb_array_elements_text(?::jsonb) with ordinality t(e, n) order by n), ?, ?)`,
+      // The arrays as JSON text: the driver would spread a JS array into separate parameters.
+      [p.id, p.kind, p.deployment_id, p.tenant_id, JSON.stringify(input), JSON.stringify(stepIds), JSON.stringify(kind.def.steps.map((s) => s.name)), this.node, this.settings.leaseMs],
+    );
+    if (!row.r_created) {
+      const found = (await this.get(p.id))!;
       if (found.saga.deployment_id !== p.deployment_id || found.saga.kind !== p.kind)
         throw conflict(`Saga ${p.id} exists for another deployment or kind`, "SAGA_ID_CONFLICT", { id: p.id });
       return sagaDto(found.saga, found.steps);
     }
+    // The creator knows the rows it wrote: no read back, and the driver starts from them.
+    const state = createdState(p, input, row, stepIds, kind.def.steps, row.r_claimed ? this.node : null, this.settings.leaseMs);
     // Ties the request that asked for it to the saga, whose own lines use the saga id as request id.
-    this.logger.info({ request_id: requestId, saga_id: p.id, kind: p.kind, deployment_id: p.deployment_id, held: !created.claimed }, "saga created");
-    this.emit("provisioning.saga.started", found.saga);
-    if (created.claimed) setImmediate(() => void this.drive(p.id));
-    return sagaDto(found.saga, found.steps);
+    this.logger.info({ request_id: requestId, saga_id: p.id, kind: p.kind, deployment_id: p.deployment_id, held: !row.r_claimed }, "saga created");
+    this.emit("provisioning.saga.started", state.saga);
+    const dto = sagaDto(state.saga, state.steps);
+    if (row.r_claimed) setImmediate(() => void this.drive(p.id, state));
+    return dto;
   }
 
   async get(id: string): Promise<{ saga: Saga; steps: SagaStep[] } | null> {
@@ -366,30 +387,38 @@ export class SagaEngine<Env = any> {
     };
   }
 
-  private async drive(id: string) {
+  private async drive(id: string, known?: { saga: Saga; steps: SagaStep[] }) {
     if (this.driving.has(id) || this.stopped) return;
     this.driving.add(id);
     const stopKeeping = this.keepLease(id);
+    // The last step's succeeded write, held back to go with the saga's next write (see runStep).
+    let done: Done | undefined;
     try {
-      // Read once; forward steps keep the rows in memory up to date (every write goes through updateStep), so
-      // only the rarer moves into and through compensation read them again.
-      let state = await this.get(id);
+      // Read once (the creator hands its rows over instead); forward steps keep the rows in memory up to date
+      // (every write goes through writeSteps), so only the rarer moves into and through compensation read them again.
+      let state = known ?? (await this.get(id));
       const kind = state && this.kinds.get(state.saga.kind);
       if (state && !kind) {
         this.logger.error({ saga_id: id, kind: state.saga.kind }, "this node does not know the saga's kind");
         return;
       }
       for (;;) {
-        if (this.stopped || !state || !kind) return;
+        if (this.stopped || !state || !kind) {
+          if (done && state) await this.settle(state.saga, done);
+          return;
+        }
         this.checkLease(id);
         const { saga, steps } = state;
         if (saga.status === "running") {
-          const next = steps.find((s) => s.status !== "succeeded" && s.status !== "skipped");
+          const next = steps.find((s) => s.status !== "succeeded" && s.status !== "skipped" && s !== done?.step);
           if (!next) {
-            await this.finish(saga, "succeeded");
+            await this.finish(saga, "succeeded", undefined, done);
             return;
           }
-          if (next.status === "failed" || !(await this.runStep(kind.def, saga, steps, next))) {
+          if (next.status === "failed" && done) await this.settle(saga, done);
+          const ran = next.status === "failed" ? false : await this.runStep(kind.def, saga, steps, next, done);
+          done = ran || undefined;
+          if (!ran) {
             if (kind.def.onFailure === "forward") {
               await this.end(kind.def, saga, "failed", `${next.name}: ${next.error}`);
               return;
@@ -443,35 +472,74 @@ export class SagaEngine<Env = any> {
     if (this.lost.has(id)) throw new LeaseLost(id);
   }
 
-  private async runStep(kind: SagaKind<Env>, saga: Saga, all: SagaStep[], step: SagaStep): Promise<boolean> {
+  /**
+   * Runs one step; on success returns its succeeded write unsent (the caller sends it with the saga's next write:
+   * the next step's `running` write or the saga's end), on failure false. `done`, the step before's succeeded
+   * write, goes out with this step's `running` write, as one statement.
+   *
+   * The `running` write is sent when the step first needs it: before its first forward call (`ctx.call`), at its
+   * first recordIntent (which it then carries), or when it ends without calling anything. Every forward call
+   * waits for it, so it is durable (and the lease checked) before any side effect, as crash recovery requires.
+   */
+  private async runStep(kind: SagaKind<Env>, saga: Saga, all: SagaStep[], step: SagaStep, done?: Done): Promise<Done | false> {
     const def = this.kinds.get(kind.kind)!.steps.get(step.name)!;
     const outputs = Object.fromEntries(all.map((s) => [s.name, s.output ?? {}]));
+    if (done) outputs[done.step.name] = (done.patch.output ?? done.step.output ?? {}) as Record<string, any>;
     // Forward-only kinds retry every failure (their steps are idempotent); compensating kinds only transient ones.
     const retryAll = kind.onFailure === "forward";
+    let pending = done;
     for (let tries = 1; ; tries++) {
       const t0 = Date.now();
+      const base = this.kindContext(saga);
+      let running: Promise<void> | undefined;
+      let intent: { output?: Record<string, unknown>; compensateInput?: Record<string, unknown> } = {};
+      const begin = () =>
+        (running ??= (async () => {
+          // Only when there is one (an empty `before` still makes the undo input non-null: the step is undoable).
+          const ci = before || intent.compensateInput ? { ...(before ?? {}), ...(intent.compensateInput ?? {}) } : null;
+          const patch: Partial<SagaStep> = {
+            status: "running", attempts: step.attempts + 1, started_at: step.started_at ?? new Date(), error: null,
+            ...(intent.output ? { output: { ...step.output, ...intent.output } } : {}),
+            ...(ci ? { compensate_input: { ...(step.compensate_input ?? {}), ...ci } } : {}),
+          };
+          const prev = pending;
+          await this.writeSteps([...(prev ? [prev] : []), { step, patch }]);
+          pending = undefined;
+          if (prev) this.stepSucceeded(saga, prev);
+          this.emitStep("provisioning.step.started", saga, step);
+        })());
       const ctx: StepContext<Env> = {
-        ...this.kindContext(saga),
+        ...base,
+        call: async (action, params, opts) => {
+          await begin();
+          return base.call(action, params, opts);
+        },
         outputs, step,
-        recordIntent: async (output, compensateInput) =>
-          this.updateStep(step, { output: { ...step.output, ...output }, ...(compensateInput ? { compensate_input: { ...(step.compensate_input ?? {}), ...compensateInput } } : {}) }),
+        recordIntent: async (output, compensateInput) => {
+          if (!running) {
+            // Not started yet: the intent rides on the `running` write (durable when this returns, as before).
+            intent = { output: { ...(intent.output ?? {}), ...output }, compensateInput: compensateInput ? { ...(intent.compensateInput ?? {}), ...compensateInput } : intent.compensateInput };
+            return begin();
+          }
+          await running;
+          await this.updateStep(step, { output: { ...step.output, ...output }, ...(compensateInput ? { compensate_input: { ...(step.compensate_input ?? {}), ...compensateInput } } : {}) });
+        },
         heartbeat: async () => this.checkLease(saga.id),
       };
       const before = def.compensate?.before?.(ctx);
-      await this.updateStep(step, { status: "running", attempts: step.attempts + 1, started_at: step.started_at ?? new Date(), error: null, ...(before ? { compensate_input: { ...(step.compensate_input ?? {}), ...before } } : {}) });
-      this.emitStep("provisioning.step.started", saga, step);
       try {
         const res = await def.invoke(ctx);
+        await begin();
         const response = res instanceof StepResponse ? res : new StepResponse((res ?? {}) as Record<string, unknown>);
         const output = { ...step.output, ...response.output };
         // As Medusa's StepResponse: without an explicit compensate input, the undo gets the output.
         const compensateInput = !def.compensate ? null : response.compensateInput === undefined ? { ...(step.compensate_input ?? {}), ...response.output } : response.compensateInput;
-        await this.updateStep(step, { status: "succeeded", finished_at: new Date(), output, compensate_input: compensateInput });
-        this.emitStep("provisioning.step.succeeded", saga, step);
-        this.metrics.stepFinished(step.name, "succeeded", (Date.now() - t0) / 1000);
-        return true;
+        return { step, patch: { status: "succeeded", finished_at: new Date(), output, compensate_input: compensateInput }, seconds: (Date.now() - t0) / 1000 };
       } catch (err: any) {
         if (err instanceof LeaseLost) throw err;
+        // The step failed before or while starting: its `running` write first (a failure of that write itself,
+        // the same rejection, ends the driver here as it always did).
+        await begin();
         const message = err?.message ?? String(err);
         if ((retryAll || isTransient(err)) && tries < this.settings.stepMaxAttempts) {
           this.logger.warn({ request_id: saga.id, saga_id: saga.id, deployment_id: saga.deployment_id, step: step.name, attempt: tries, err: message }, "step failed; retrying");
@@ -486,6 +554,18 @@ export class SagaEngine<Env = any> {
         return false;
       }
     }
+  }
+
+  /** A held-back succeeded write sent on its own (the driver stops, or the next step is not run). */
+  private async settle(saga: Saga, done: Done) {
+    await this.writeSteps([done]);
+    this.stepSucceeded(saga, done);
+  }
+
+  /** After a succeeded write landed. */
+  private stepSucceeded(saga: Saga, done: Done) {
+    this.emitStep("provisioning.step.succeeded", saga, done.step);
+    this.metrics.stepFinished(done.step.name, "succeeded", done.seconds);
   }
 
   private async beginCompensation(sagaId: string) {
@@ -605,58 +685,70 @@ export class SagaEngine<Env = any> {
   }
 
   /**
-   * Ends the saga and gives up the lease, in one statement only the lease holder's can match; under the
-   * deployment's lock, the next held saga of the deployment is handed to this node in the same transaction.
+   * Ends the saga and gives up the lease, and, under the deployment's lock, hands the next held saga of the
+   * deployment to this node: one call of saga_finish (one transaction, one commit), whose end of the saga only the
+   * lease holder's call can match. `done` (the last step's succeeded write) commits with it.
    */
-  private async finish(saga: Saga, status: SagaStatus, error?: string) {
+  private async finish(saga: Saga, status: SagaStatus, error?: string, done?: Done) {
     const now = new Date();
-    const result = await this.em().transactional(async (tx) => {
-      await tx.execute(LOCK_DEPLOYMENT, [saga.deployment_id]);
-      const rows = await tx.execute(
-        `update sagas set status = ?, finished_at = ?, updated_at = ?, owner_node = null, lease_until = null, error = coalesce(?, error)
-         where id = ? and owner_node = ? returning error`,
-        [status, now, now, error ?? null, saga.id, this.node],
-      );
-      if (!rows.length) throw new LeaseLost(saga.id);
-      const next = await tx.execute(
-        `update sagas set owner_node = ?, lease_until = now() + (? || ' milliseconds')::interval
-         where id = (select s.id from sagas s where s.deployment_id = ? and s.status in ${OPEN} and (s.lease_until is null or s.lease_until < now()) and not ${HELD}
-                     order by s.seq limit 1 for update skip locked) returning id`,
-        [this.node, String(this.settings.leaseMs), saga.deployment_id],
-      );
-      return { error: rows[0].error, next: next[0]?.id as string | undefined };
-    });
-    Object.assign(saga, { status, finished_at: now, updated_at: now, error: result.error });
+    const json = (v: unknown) => (v == null ? null : JSON.stringify(v));
+    const [row] = await this.em().execute<{ r_ok: boolean; r_error: string | null; r_next: string | null }[]>(
+      `select r_ok, r_error, r_next from saga_finish(?::uuid, ?::uuid, ?, ?, ?, ?::timestamptz, ?, ?::uuid, ?::timestamptz, ?::jsonb, ?::jsonb)`,
+      [
+        saga.id, saga.deployment_id, this.node, status, error ?? null, now, this.settings.leaseMs,
+        done?.step.id ?? null, done?.patch.finished_at ?? null, json(done?.patch.output ?? {}), json(done?.patch.compensate_input),
+      ],
+    );
+    if (!row?.r_ok) throw new LeaseLost(saga.id);
+    if (done) {
+      Object.assign(done.step, done.patch);
+      this.stepSucceeded(saga, done);
+    }
+    Object.assign(saga, { status, finished_at: now, updated_at: now, error: row.r_error });
     this.emit(`provisioning.saga.${status}`, saga);
     this.metrics.sagaFinished(status);
-    if (result.next) setImmediate(() => void this.drive(result.next!));
+    if (row.r_next) setImmediate(() => void this.drive(row.r_next as string));
+  }
+
+  /** One statement for a step write, and only while this node holds the saga's lease (see writeSteps). */
+  private async updateStep(step: SagaStep, patch: Partial<SagaStep>) {
+    await this.writeSteps([{ step, patch }]);
   }
 
   /**
-   * One statement per step write, and only while this node holds the saga's lease: a node that lost it (and may
-   * not know yet) cannot record anything, nor start a step's forward call, which comes after the `running` write.
+   * Step writes of one saga in one statement (a step's succeeded write with the next step's `running` write), and
+   * only while this node holds the saga's lease: every update is guarded by the same lease row, so all land or
+   * none. A node that lost the lease (and may not know yet) cannot record anything, nor start a step's forward
+   * call, which waits for the `running` write.
    */
-  private async updateStep(step: SagaStep, patch: Partial<SagaStep>) {
+  private async writeSteps(writes: { step: SagaStep; patch: Partial<SagaStep> }[]) {
     // A stopped engine records nothing more: it no longer renews its leases, so another node may own the saga now.
-    if (this.halted) throw new LeaseLost(step.saga_id);
-    const cols = Object.keys(patch) as (keyof SagaStep & string)[];
+    if (this.halted) throw new LeaseLost(writes[0].step.saga_id);
+    const sagaId = writes[0].step.saga_id;
     const json = (c: string) => c === "output" || c === "compensate_input";
-    const sets = cols.map((c) => (json(c) ? `${c} = ?::jsonb` : `${c} = ?`)).join(", ");
-    const values = cols.map((c) => (json(c) ? (patch[c] == null ? null : JSON.stringify(patch[c])) : patch[c]));
-    const rows = await this.em().execute(
-      `update saga_steps set ${sets} where id = ? and exists (select 1 from sagas where id = ? and owner_node = ?) returning id`,
-      [...values, step.id, step.saga_id, this.node],
+    const params: unknown[] = [sagaId, this.node];
+    const updates = writes.map(({ step, patch }, i) => {
+      const cols = Object.keys(patch) as (keyof SagaStep & string)[];
+      const sets = cols.map((c) => (json(c) ? `${c} = ?::jsonb` : `${c} = ?`)).join(", ");
+      params.push(...cols.map((c) => (json(c) ? (patch[c] == null ? null : JSON.stringify(patch[c])) : patch[c])), step.id, sagaId);
+      return `w${i} as (update saga_steps set ${sets} where id = ? and saga_id = ? and exists (select 1 from lease) returning 1)`;
+    });
+    const count = writes.map((_, i) => `(select count(*) from w${i})`).join(" + ");
+    const [row] = await this.em().execute(
+      `with lease as (select 1 from sagas where id = ? and owner_node = ?), ${updates.join(", ")} select (${count})::int as n`,
+      params,
     );
-    if (!rows.length) throw new LeaseLost(step.saga_id);
-    Object.assign(step, patch);
+    if (Number(row?.n) !== writes.length) throw new LeaseLost(sagaId);
+    for (const { step, patch } of writes) Object.assign(step, patch);
   }
 
   private emit(event: string, saga: Saga) {
     this.logger.info({ request_id: saga.id, saga_id: saga.id, kind: saga.kind, deployment_id: saga.deployment_id, status: saga.status, error: saga.error ?? undefined }, event);
     this.broker.broadcast(event, { saga_id: saga.id, kind: saga.kind, deployment_id: saga.deployment_id, tenant_id: saga.tenant_id, status: saga.status, error: saga.error ?? null });
   }
+  /** Step events log at debug: several per step on the hot path, and the broadcast carries them for whoever follows. */
   private emitStep(event: string, saga: Saga, step: SagaStep) {
-    this.logger.info({ request_id: saga.id, saga_id: saga.id, kind: saga.kind, deployment_id: saga.deployment_id, step: step.name, status: step.status, attempts: step.attempts, error: step.error ?? undefined }, event);
+    this.logger.debug({ request_id: saga.id, saga_id: saga.id, kind: saga.kind, deployment_id: saga.deployment_id, step: step.name, status: step.status, attempts: step.attempts, error: step.error ?? undefined }, event);
     this.broker.broadcast(event, { saga_id: saga.id, kind: saga.kind, deployment_id: saga.deployment_id, tenant_id: saga.tenant_id, step: step.name, status: step.status, attempts: step.attempts, error: step.error ?? null, output: step.output ?? {} });
   }
 }
