@@ -75,6 +75,21 @@ export function deploymentDto(d: Deployment) {
 }
 export type DeploymentDto = ReturnType<typeof deploymentDto>;
 
+/** The columns deploymentRowDto reads, timestamps as ISO text computed by PostgreSQL; `t`: a table alias. */
+export const deploymentCols = (t = "") => {
+  const c = (n: string) => `${t ? `${t}.` : ""}${n}`;
+  return `${c("id")}, ${c("tenant_id")}, ${c("slug")}, ${c("display_name")}, ${c("region")}, ${c("state")}, ${isoSql(c("state_since"))} as state_since, ${c("llm_mode")}, ${c("billing_action_suspended")}, ${c("template_code")}, ${c("template_version")}, ${isoSql(c("inserted_at"))} as inserted_at, ${isoSql(c("updated_at"))} as updated_at,
+    ${isoSql(c("trial_ends_at"))} as trial_ends_at, ${c("runtime_status")}, ${c("runtime_droplet_id")}, ${c("runtime_ipv4")}, ${c("runtime_hostname")}`;
+};
+
+/** A row read with deploymentCols as the DTO, without the ORM (hydration was most of the hot paths' CPU). */
+export function deploymentRowDto({ runtime_status, runtime_droplet_id, runtime_ipv4, runtime_hostname, ...r }: any): DeploymentDto {
+  return {
+    ...r, template_version: r.template_version ?? null, trial_ends_at: r.trial_ends_at ?? null,
+    runtime: { status: runtime_status, droplet_id: runtime_droplet_id == null ? null : Number(runtime_droplet_id), ipv4: runtime_ipv4 ?? null, hostname: runtime_hostname ?? null },
+  } as DeploymentDto;
+}
+
 export function eventDto(e: DeploymentEvent) {
   return {
     id: Number(e.id),
@@ -365,13 +380,8 @@ const DeploymentsService: ServiceSchema<any> = {
      * write, and MikroORM's hydration was most of their CPU (README: Benchmarks).
      */
     async readDeployments(em: EntityManager, tail: string, args: unknown[]): Promise<DeploymentDto[]> {
-      const cols = `id, tenant_id, slug, display_name, region, state, ${isoSql("state_since")} as state_since, llm_mode, billing_action_suspended, template_code, template_version, ${isoSql("inserted_at")} as inserted_at, ${isoSql("updated_at")} as updated_at,
-        ${isoSql("trial_ends_at")} as trial_ends_at, runtime_status, runtime_droplet_id, runtime_ipv4, runtime_hostname`;
-      const rows = await em.execute(`select ${cols} from deployments ${tail}`, args);
-      return rows.map(({ runtime_status, runtime_droplet_id, runtime_ipv4, runtime_hostname, ...r }: any) => ({
-        ...r, template_version: r.template_version ?? null, trial_ends_at: r.trial_ends_at ?? null,
-        runtime: { status: runtime_status, droplet_id: runtime_droplet_id == null ? null : Number(runtime_droplet_id), ipv4: runtime_ipv4 ?? null, hostname: runtime_hostname ?? null },
-      }) as DeploymentDto);
+      const rows = await em.execute(`select ${deploymentCols()} from deployments ${tail}`, args);
+      return rows.map(deploymentRowDto);
     },
 
     /** The deployment if the caller may see it; 404 when it is absent or another tenant's. */
