@@ -101,14 +101,16 @@ function checkUserData(userData: string | null | undefined) {
 
 /** The template version a deployment names; null/absent = the newest. 422 naming the field that is wrong. */
 export async function resolveTemplate(em: EntityManager, code: string, version: string | number | null | undefined): Promise<TemplateVersion> {
-  const template = await em.findOne(Template, { code });
-  if (!template) throw invalid(`Unknown template '${code}'`, [{ field: "template_code", actual: code }]);
-  const v =
-    version == null
-      ? await em.findOne(TemplateVersion, { template_code: code }, { orderBy: { version: "desc" } })
-      : await em.findOne(TemplateVersion, { template_code: code, version: Number(version) });
-  if (!v) throw invalid(`Template '${code}' has no version ${version ?? ""}`.trim(), [{ field: "template_version", actual: version ?? null }]);
-  return v;
+  // One statement (a create and its provision input each resolve): the template and its version, or the newest.
+  const [row] = await em.execute(
+    `select t.code, v.id, v.template_code, v.version, v.image, v.user_data, v.inserted_at from templates t
+     left join lateral (select * from template_versions where template_code = t.code ${version == null ? "" : "and version = ?"} order by version desc limit 1) v on true
+     where t.code = ?`,
+    version == null ? [code] : [Number(version), code],
+  );
+  if (!row) throw invalid(`Unknown template '${code}'`, [{ field: "template_code", actual: code }]);
+  if (row.id == null) throw invalid(`Template '${code}' has no version ${version ?? ""}`.trim(), [{ field: "template_version", actual: version ?? null }]);
+  return { id: row.id, template_code: row.template_code, version: Number(row.version), image: row.image, user_data: row.user_data ?? null, inserted_at: new Date(row.inserted_at) } as TemplateVersion;
 }
 
 /** A size slug the provider offers (through inventory's cached size list), else 422 naming `droplet_size`. */
