@@ -148,7 +148,7 @@ const DeploymentsService: ServiceSchema<any> = {
         const state: DeploymentState = p.provision ? "provisioning" : (p.state ?? "active");
         const id = randomUUID();
         // With provision: true the saga's input is built before the transaction; its request commits with the row.
-        const input = p.provision ? await this.provisionInputFor(ctx, { id, tenant_id: tenantId, slug: p.slug, region, llm_mode: p.llm_mode ?? "shared", template_code: templateCode, template_version: templateVersion }, p.state ?? "active", p.plan_code) : null;
+        const input = p.provision ? await this.provisionInputFor(ctx, { id, tenant_id: tenantId, slug: p.slug, region, llm_mode: p.llm_mode ?? "shared", template_code: templateCode, template_version: templateVersion }, p.state ?? "active", p.plan_code, true) : null;
         const trialEnds = state === "trial" ? await this.trialEndsAt(ctx) : null;
         let deployment!: Deployment;
         let event!: DeploymentEvent;

@@ -354,8 +354,8 @@ export const LifecycleMixin: Partial<ServiceSchema<any>> = {
      * v1.subscriptions.dropletSpec, the region checked against that size. `planCode`: the plan a create subscribes
      * to in the same request (its subscription does not exist yet when the input is built).
      */
-    async provisionInputFor(ctx: ActionCtx<unknown>, d: DeploymentLike, target: "active" | "trial", planCode?: string) {
-      return provisionInput(ctx, d, target, planCode);
+    async provisionInputFor(ctx: ActionCtx<unknown>, d: DeploymentLike, target: "active" | "trial", planCode?: string, creating = false) {
+      return provisionInput(ctx, d, target, planCode, creating);
     },
   },
 

@@ -57,6 +57,8 @@ export interface DropletSpecParams {
   template_version?: string | number | null;
   /** Without a subscription yet: the plan the deployment is about to subscribe to (a create with plan_code). */
   plan_code?: string;
+  /** The deployment is being created (its row is not committed yet): it has no subscription to look up. */
+  creating?: boolean;
 }
 export interface DropletSpec {
   size: string;
@@ -196,13 +198,14 @@ export const CatalogMixin: Partial<ServiceSchema> = {
         template_code: { type: "string", min: 1, max: 100 },
         template_version: TEMPLATE_VERSION,
         plan_code: { type: "string", min: 1, max: 64, optional: true },
+        creating: { type: "boolean", optional: true },
       },
       async handler(ctx: ActionCtx<DropletSpecParams>): Promise<DropletSpec> {
         const user = currentUser(ctx);
         const p = ctx.params;
         if (!visibleTo(user, p.tenant_id)) throw notFound("Deployment", p.deployment_id);
         const em = emOf(ctx);
-        const [sub, template] = await Promise.all([em.findOne(Subscription, { deployment_id: p.deployment_id }), resolveTemplate(em, p.template_code, p.template_version)]);
+        const [sub, template] = await Promise.all([p.creating ? null : em.findOne(Subscription, { deployment_id: p.deployment_id }), resolveTemplate(em, p.template_code, p.template_version)]);
         const planVersion = sub
           ? await em.findOne(PlanVersion, { id: sub.plan_version_id })
           : p.plan_code ? await em.findOne(PlanVersion, { plan_code: p.plan_code }, { orderBy: { version: "desc" } }) : null;
