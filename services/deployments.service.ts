@@ -192,7 +192,7 @@ const DeploymentsService: ServiceSchema<any> = {
           return { deployment: dto, ...subscribed };
         }
         // No fallback: the request row owns the start now (the sweep re-sends it); nothing here may undo the saga.
-        const saga = await this.sagaOf(ctx, request!);
+        const saga = await this.sagaOf(ctx, request!, true);
         ctx.meta.$statusCode = 202;
         return { deployment: dto, saga, ...subscribed };
       },

@@ -315,8 +315,8 @@ export const LifecycleMixin: Partial<ServiceSchema<any>> = {
     },
 
     /** The saga of a committed request: started now if the engine answers, else the requested saga (README). */
-    async sagaOf(ctx: ActionCtx<unknown>, request: SagaRequestRow) {
-      return sagaForRequest(this.startDeps(emOf(ctx), ctx), request);
+    async sagaOf(ctx: ActionCtx<unknown>, request: SagaRequestRow, first = false) {
+      return sagaForRequest(this.startDeps(emOf(ctx), ctx), request, first);
     },
 
     /**
