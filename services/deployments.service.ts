@@ -55,7 +55,7 @@ export interface TransitionParams extends IdParams {
 }
 
 /**
- * The deployment's DTO, from its entity (ORM paths) or from a row of `DEPLOYMENT_COLUMNS` (the raw-SQL read paths,
+ * The deployment's DTO, from its entity (ORM paths) or from a row of `deploymentCols()` (the raw-SQL read paths,
  * whose timestamps PostgreSQL already gives as ISO text: not parsed again, which was most of a list's mapping time).
  */
 export function deploymentDto(d: Deployment | DeploymentRow) {
@@ -78,13 +78,21 @@ export function deploymentDto(d: Deployment | DeploymentRow) {
     runtime: { status: d.runtime_status, droplet_id: d.runtime_droplet_id == null ? null : Number(d.runtime_droplet_id), ipv4: d.runtime_ipv4 ?? null, hostname: d.runtime_hostname ?? null },
   };
 }
-/** What a raw read of `DEPLOYMENT_COLUMNS` returns: the entity's fields, timestamps as ISO text. */
+/** What a raw read of `deploymentCols()` returns: the entity's fields, timestamps as ISO text. */
 type DeploymentRow = { [K in keyof Deployment]: Deployment[K] extends Date | null | undefined ? string | null : Deployment[K] };
 export type DeploymentDto = ReturnType<typeof deploymentDto>;
 
-/** The columns `deploymentDto` reads, timestamps as ISO text computed by PostgreSQL (the raw-SQL read paths). */
-const DEPLOYMENT_COLUMNS = `id, tenant_id, slug, display_name, region, state, ${isoSql("state_since")} as state_since, llm_mode, billing_action_suspended, template_code, template_version,
-  ${isoSql("inserted_at")} as inserted_at, ${isoSql("updated_at")} as updated_at, ${isoSql("trial_ends_at")} as trial_ends_at, runtime_status, runtime_droplet_id, runtime_ipv4, runtime_hostname`;
+/** The columns a raw read gives `deploymentRowDto`, timestamps as ISO text computed by PostgreSQL; `t`: a table alias. */
+export const deploymentCols = (t = "") => {
+  const c = (n: string) => `${t ? `${t}.` : ""}${n}`;
+  return `${c("id")}, ${c("tenant_id")}, ${c("slug")}, ${c("display_name")}, ${c("region")}, ${c("state")}, ${isoSql(c("state_since"))} as state_since, ${c("llm_mode")}, ${c("billing_action_suspended")}, ${c("template_code")}, ${c("template_version")}, ${isoSql(c("inserted_at"))} as inserted_at, ${isoSql(c("updated_at"))} as updated_at,
+    ${isoSql(c("trial_ends_at"))} as trial_ends_at, ${c("runtime_status")}, ${c("runtime_droplet_id")}, ${c("runtime_ipv4")}, ${c("runtime_hostname")}`;
+};
+
+/** A row read with deploymentCols as the DTO, without the ORM (hydration was most of the hot paths' CPU): the same `deploymentDto`. */
+export function deploymentRowDto(r: any): DeploymentDto {
+  return deploymentDto(r as DeploymentRow);
+}
 
 export function eventDto(e: DeploymentEvent) {
   return {
@@ -144,7 +152,7 @@ const DeploymentsService: ServiceSchema<any> = {
         const state: DeploymentState = p.provision ? "provisioning" : (p.state ?? "active");
         const id = randomUUID();
         // With provision: true the saga's input is built before the transaction; its request commits with the row.
-        const input = p.provision ? await this.provisionInputFor(ctx, { id, tenant_id: tenantId, slug: p.slug, region, llm_mode: p.llm_mode ?? "shared", template_code: templateCode, template_version: templateVersion }, p.state ?? "active", p.plan_code) : null;
+        const input = p.provision ? await this.provisionInputFor(ctx, { id, tenant_id: tenantId, slug: p.slug, region, llm_mode: p.llm_mode ?? "shared", template_code: templateCode, template_version: templateVersion }, p.state ?? "active", p.plan_code, true) : null;
         const trialEnds = state === "trial" ? await this.trialEndsAt(ctx) : null;
         let deployment!: Deployment;
         let event!: DeploymentEvent;
@@ -188,7 +196,7 @@ const DeploymentsService: ServiceSchema<any> = {
           return { deployment: dto, ...subscribed };
         }
         // No fallback: the request row owns the start now (the sweep re-sends it); nothing here may undo the saga.
-        const saga = await this.sagaOf(ctx, request!);
+        const saga = await this.sagaOf(ctx, request!, true);
         ctx.meta.$statusCode = 202;
         return { deployment: dto, saga, ...subscribed };
       },
@@ -230,7 +238,7 @@ const DeploymentsService: ServiceSchema<any> = {
         // round trip each before); the other services' parts are asked meanwhile, and dropped when the deployment
         // is not the caller's to see (both are reads, scoped again by their owners).
         const [[row], subscription, saga] = await Promise.all([
-          emOf(ctx).execute(`select ${DEPLOYMENT_COLUMNS},
+          emOf(ctx).execute(`select ${deploymentCols("d")},
               coalesce((select json_agg(json_build_object('id', e.id, 'deployment_id', e.deployment_id, 'from_state', e.from_state, 'to_state', e.to_state, 'reason', e.reason,
                   'actor', e.actor, 'notes', e.notes, 'occurred_at', ${isoSql("e.occurred_at")}) order by e.id) from deployment_events e where e.deployment_id = d.id), '[]') as events,
               (select json_build_object('id', r.id, 'deployment_id', r.deployment_id, 'tenant_id', r.tenant_id, 'kind', r.kind, 'created_at', ${isoSql("r.created_at")})
@@ -244,7 +252,7 @@ const DeploymentsService: ServiceSchema<any> = {
         if (saga instanceof Error) throw saga;
         // A requested saga not yet started is newer than any the engine has: it is the one shown.
         const pending = row.pending ? requestedSaga(row.pending) : null;
-        return { deployment: deploymentDto(row as DeploymentRow), subscription, events: (row.events as DeploymentEvent[]).map(eventDto), saga: pending ?? saga };
+        return { deployment: deploymentRowDto(row), subscription, events: (row.events as DeploymentEvent[]).map(eventDto), saga: pending ?? saga };
       },
     },
 
@@ -289,10 +297,12 @@ const DeploymentsService: ServiceSchema<any> = {
       visibility: "public",
       params: { id: { type: "string" }, actor: { type: "string", optional: true }, to_state: { type: "enum", values: ["active", "trial"], optional: true } },
       async handler(this: any, ctx: ActionCtx<IdParams & { actor?: string; to_state?: "active" | "trial" }>) {
-        // Only out of provisioning (a repeat on the activated deployment changes nothing).
-        const d = await this.findVisible(ctx, ctx.params.id);
-        if (d.state !== "provisioning" && d.state !== (ctx.params.to_state ?? "active")) throw new Errors.MoleculerError(`Deployment ${d.id} is ${d.state}, not provisioning`, 409, "NOT_PROVISIONING", { state: d.state });
-        return this.transition(ctx, { id: ctx.params.id, to_state: ctx.params.to_state ?? "active", reason: "provisioned", actor: ctx.params.actor }, true);
+        // Only out of provisioning (a repeat on the activated deployment changes nothing); checked on the locked row.
+        const to = ctx.params.to_state ?? "active";
+        const guard = (state: DeploymentState) => {
+          if (state !== "provisioning" && state !== to) throw new Errors.MoleculerError(`Deployment ${ctx.params.id} is ${state}, not provisioning`, 409, "NOT_PROVISIONING", { state });
+        };
+        return this.transition(ctx, { id: ctx.params.id, to_state: to, reason: "provisioned", actor: ctx.params.actor }, true, guard);
       },
     },
 
@@ -388,8 +398,8 @@ const DeploymentsService: ServiceSchema<any> = {
      * write, and MikroORM's hydration was most of their CPU (README: Benchmarks).
      */
     async readDeployments(em: EntityManager, tail: string, args: unknown[]): Promise<DeploymentDto[]> {
-      const rows = await em.execute(`select ${DEPLOYMENT_COLUMNS} from deployments ${tail}`, args);
-      return rows.map((r) => deploymentDto(r as DeploymentRow));
+      const rows = await em.execute(`select ${deploymentCols()} from deployments ${tail}`, args);
+      return rows.map(deploymentRowDto);
     },
 
     /** The deployment if the caller may see it; 404 when it is absent or another tenant's. */
@@ -407,19 +417,22 @@ const DeploymentsService: ServiceSchema<any> = {
      * facts from other services: they are looked up before the transaction, for the state read then; if the state
      * changed meanwhile, it is done again.
      */
-    async transition(ctx: ActionCtx<unknown>, p: TransitionParams, bySaga: boolean) {
+    async transition(ctx: ActionCtx<unknown>, p: TransitionParams, bySaga: boolean, guard?: (state: DeploymentState) => void) {
       const user = currentUser(ctx);
       if (!UUID.test(p.id)) throw notFound("Deployment", p.id);
       for (let attempt = 0; ; attempt++) {
-        const seen = await this.findVisible(ctx, p.id);
-        const facts: MoveFacts = bySaga ? {} : await this.moveFacts(ctx, seen, p.to_state);
-        const trialEnds = p.to_state === "trial" && !seen.trial_ends_at ? await this.trialEndsAt(ctx) : null;
+        // A saga's move needs no facts: unless the trial clock is asked (before the transaction), the row is only
+        // read locked, in the transaction (one read of deployments instead of two per move).
+        const seen: DeploymentDto | null = bySaga && p.to_state !== "trial" ? null : await this.findVisible(ctx, p.id);
+        const facts: MoveFacts = bySaga || !seen ? {} : await this.moveFacts(ctx, seen, p.to_state);
+        const trialEnds = p.to_state === "trial" && seen && !seen.trial_ends_at ? await this.trialEndsAt(ctx) : null;
         const moved = await emOf(ctx).transactional(async (em) => {
           const d = await em.findOne(Deployment, { id: p.id }, { lockMode: LockMode.PESSIMISTIC_WRITE });
           if (!d || !visibleTo(user, d.tenant_id)) throw notFound("Deployment", p.id);
+          guard?.(d.state);
           if (d.state === p.to_state) return { d, changes: [], request: null };
           if (!canTransition(d.state, p.to_state, bySaga)) throw invalidTransition(d.state, p.to_state);
-          if (d.state !== seen.state) return null; // the facts were for another state: look again
+          if (seen && d.state !== seen.state) return null; // the facts were for another state: look again
           if (!bySaga) this.checkMove(d.state, p.to_state, user, facts);
           const event = this.recordMove(em, d, p.to_state, { reason: p.reason ?? "manual", actor: (bySaga && p.actor) || user.sub, notes: p.notes ?? null });
           if (trialEnds && !d.trial_ends_at) d.trial_ends_at = trialEnds;

@@ -51,7 +51,11 @@ export interface DeploymentRefParams {
   deployment_id: string;
 }
 
-export function dnsRecordDto(r: DnsRecord) {
+/** A dns_records row as the hot path reads it (raw SQL: bigints as text, timestamps as Date). */
+type DnsRow = Omit<DnsRecord, "provider_record_id" | "previous_provider_record_id"> & { provider_record_id: number | string | null; previous_provider_record_id: number | string | null };
+const DNS_COLS = "id, tenant_id, deployment_id, fqdn, domain, record_name, type, provider_record_id, data, previous_data, previous_provider_record_id, created_by_us, status, inserted_at, updated_at, version";
+
+export function dnsRecordDto(r: DnsRecord | DnsRow) {
   return {
     id: r.id,
     tenant_id: r.tenant_id,
@@ -236,11 +240,10 @@ const DnsService: ServiceSchema<any> = {
 
     async point(ctx: ActionCtx<PointParams>, p: PointParams, name: string, fqdn: string) {
       const client: DigitalOceanClient = this.doClient;
-      const em: EntityManager = emOf(ctx).fork();
-      const [row, byName] = await Promise.all([
-        em.findOne(DnsRecord, { deployment_id: p.deployment_id }),
-        em.findOne(DnsRecord, { fqdn }),
-      ]);
+      // The deployment's row and the name's row in one read (the hot path: one autocommit statement, no ORM).
+      const rows: DnsRow[] = await emOf(ctx).execute(`select ${DNS_COLS} from dns_records where deployment_id = ? or fqdn = ?`, [p.deployment_id, fqdn]);
+      const row = rows.find((r) => r.deployment_id === p.deployment_id);
+      const byName = rows.find((r) => r.fqdn === fqdn);
       if (byName && byName.deployment_id !== p.deployment_id && byName.status !== "reverted")
         throw conflict(`${fqdn} already points to another deployment`, "DNS_NAME_TAKEN", { fqdn, deployment_id: byName.deployment_id });
       if (row && row.tenant_id !== p.tenant_id) throw conflict(`Deployment ${p.deployment_id} has a DNS record of another tenant`, "DNS_TENANT_MISMATCH", { deployment_id: p.deployment_id });
@@ -257,15 +260,11 @@ const DnsService: ServiceSchema<any> = {
       //    (it made the change: created the record, or replaced previous_data); otherwise the observation decides.
       const resumed = ours && row.status === "pointing" && row.data === p.ipv4 && current?.data === p.ipv4;
       const intent: Intent = resumed
-        ? { previous_data: row.previous_data ?? null, previous_provider_record_id: row.previous_provider_record_id ?? null, created_by_us: row.created_by_us }
+        ? { previous_data: row.previous_data ?? null, previous_provider_record_id: row.previous_provider_record_id == null ? null : Number(row.previous_provider_record_id), created_by_us: row.created_by_us }
         : current
           ? { previous_data: current.data, previous_provider_record_id: current.id, created_by_us: false }
           : { previous_data: null, previous_provider_record_id: null, created_by_us: true };
-      await this.write(ctx, p.deployment_id, fqdn, (r: DnsRecord | null, tx: EntityManager, now: Date) => {
-        const fields = { tenant_id: p.tenant_id, fqdn, domain: this.domain, record_name: name, type: "A", data: p.ipv4, provider_record_id: current?.id ?? null, status: "pointing", updated_at: now, ...intent };
-        if (r) return tx.assign(r, fields as any);
-        return tx.create(DnsRecord, { id: randomUUID(), deployment_id: p.deployment_id, inserted_at: now, ...fields } as any);
-      });
+      await this.writeIntent(ctx, p, name, fqdn, current?.id ?? null, intent);
 
       // 3. The change at the provider: update the record found by name, or create it. Never a second record.
       let record: DomainRecord;
@@ -273,14 +272,41 @@ const DnsService: ServiceSchema<any> = {
       else if (current) record = await provider(() => client.updateDomainRecord(this.domain, current.id, { data: p.ipv4 }));
       else record = await provider(() => client.createDomainRecord(this.domain, { type: "A", name, data: p.ipv4, ttl: this.settings.ttl }));
 
-      // 4. The outcome.
-      const saved = await this.write(ctx, p.deployment_id, fqdn, (r: DnsRecord | null, tx: EntityManager, now: Date) => {
-        if (!r) throw notFound("DNS record of deployment", p.deployment_id);
-        return tx.assign(r, { provider_record_id: record.id, data: p.ipv4, status: "pointed", updated_at: now } as any);
-      });
+      // 4. The outcome: one update of the row the intent wrote (its unique deployment_id is the row lock).
+      const [saved]: DnsRow[] = await emOf(ctx).execute(
+        `update dns_records set provider_record_id = ?, data = ?, status = 'pointed', updated_at = ?, version = version + 1 where deployment_id = ? returning ${DNS_COLS}`,
+        [record.id, p.ipv4, new Date(), p.deployment_id],
+      );
+      if (!saved) throw notFound("DNS record of deployment", p.deployment_id);
       const dto = dnsRecordDto(saved);
       ctx.emit("dns.pointed", { dns_record: dto });
       return { dns_record: dto, changed: true };
+    },
+
+    /**
+     * The intent of a point as one statement (was a transaction of five): a reverted row of another deployment
+     * holding the name is deleted first (the insert reads the delete's count, so it runs after it), then the
+     * deployment's row is inserted or updated. A live row of another deployment on the name fails the unique fqdn:
+     * 409 DNS_NAME_TAKEN, as the locked check did.
+     */
+    async writeIntent(ctx: ActionCtx<unknown>, p: PointParams, name: string, fqdn: string, recordId: number | null, intent: Intent) {
+      const now = new Date();
+      try {
+        await emOf(ctx).execute(
+          `with gone as (delete from dns_records where fqdn = ? and deployment_id <> ? and status = 'reverted' returning 1)
+           insert into dns_records (id, tenant_id, deployment_id, fqdn, domain, record_name, type, provider_record_id, data, previous_data,
+             previous_provider_record_id, created_by_us, status, inserted_at, updated_at, version)
+           select ?, ?, ?, ?, ?, ?, 'A', ?, ?, ?, ?, ?, 'pointing', ?, ?, 1 from (select count(*) from gone) g
+           on conflict (deployment_id) do update set tenant_id = excluded.tenant_id, fqdn = excluded.fqdn, domain = excluded.domain,
+             record_name = excluded.record_name, type = excluded.type, provider_record_id = excluded.provider_record_id, data = excluded.data,
+             previous_data = excluded.previous_data, previous_provider_record_id = excluded.previous_provider_record_id,
+             created_by_us = excluded.created_by_us, status = excluded.status, updated_at = excluded.updated_at, version = dns_records.version + 1`,
+          [fqdn, p.deployment_id, randomUUID(), p.tenant_id, p.deployment_id, fqdn, this.domain, name, recordId, p.ipv4,
+            intent.previous_data, intent.previous_provider_record_id, intent.created_by_us, now, now],
+        );
+      } catch (err) {
+        mapDbError(err, () => conflict(`${fqdn} already points to another deployment`, "DNS_NAME_TAKEN", { fqdn }));
+      }
     },
 
     async revert(ctx: ActionCtx<DeploymentRefParams>, deploymentId: string) {

@@ -28,6 +28,9 @@ export type { DriftActionDto, DriftActionParams, DriftDifference, DriftEntry, Dr
 const IPV4 = "^(25[0-5]|2[0-4]\\d|1\\d\\d|[1-9]?\\d)(\\.(25[0-5]|2[0-4]\\d|1\\d\\d|[1-9]?\\d)){3}$";
 /** Statuses a provider reports; `destroyed` is ours and only markDestroyed sets it. */
 const LIVE_STATUSES = RESOURCE_STATUSES.filter((s) => s !== "destroyed");
+/** A text[] literal for a bound parameter ({"a","b"}, quotes and backslashes escaped). */
+const pgArray = (xs: string[]) => `{${xs.map((x) => `"${x.replace(/\\/g, "\\\\").replace(/"/g, '\\"')}"`).join(",")}}`;
+
 const REF_PARAMS = {
   id: { ...UUID_PARAM, optional: true },
   external_id: { type: "string", min: 1, max: 100, convert: true, optional: true },
@@ -151,6 +154,13 @@ const InventoryService: ServiceSchema<any> = {
           if (cost === undefined) throw invalid(`Unknown size '${p.size_slug}': the provider lists no price for it`, [{ field: "size_slug", type: "unknown_size" }]);
         }
         const input = { ...p, monthly_cost_cents: cost, provider: p.provider ?? "digitalocean" };
+        // The saga's first register is one statement; a repeat (the row exists) takes the locked compare-and-update below.
+        const inserted = await this.insertNew(ctx, input).catch((err: Error) => mapDbError(err));
+        if (inserted) {
+          const dto = resourceDto(inserted);
+          ctx.emit("inventory.registered", { resource: dto });
+          return { resource: dto, created: true };
+        }
         // A concurrent register of the same resource loses the insert race once, then updates the winner's row.
         for (let attempt = 0; ; attempt++) {
           try {
@@ -172,6 +182,21 @@ const InventoryService: ServiceSchema<any> = {
       visibility: "public",
       params: { ...REF_PARAMS, deployment_id: UUID_PARAM },
       async handler(this: any, ctx: ActionCtx<LinkParams>) {
+        // The saga's link (by id, of an unlinked live resource the caller may see) is one update ... returning; any
+        // other case (a repeat, a conflict, an external_id) is decided on the locked row below, as before.
+        if (ctx.params.id && UUID.test(ctx.params.id)) {
+          const user = currentUser(ctx);
+          const [row] = await emOf(ctx).execute(
+            `update cloud_resources set deployment_id = ?, updated_at = ?, version = version + 1
+             where id = ? and deployment_id is null and status <> 'destroyed'${user.operator ? "" : " and tenant_id = ?"} returning *`,
+            [ctx.params.deployment_id, new Date(), ctx.params.id, ...(user.operator ? [] : [user.tenant_id])],
+          );
+          if (row) {
+            const dto = resourceDto(row as CloudResource);
+            ctx.emit("inventory.linked", { resource: dto });
+            return { resource: dto, changed: true };
+          }
+        }
         return this.mutate(ctx, ctx.params, (r: CloudResource) => {
           if (r.deployment_id === ctx.params.deployment_id) return false;
           if (r.deployment_id) throw conflict(`Cloud resource ${r.id} is linked to deployment ${r.deployment_id}; unlink it first`, "ALREADY_LINKED", { id: r.id, deployment_id: r.deployment_id });
@@ -332,6 +357,20 @@ const InventoryService: ServiceSchema<any> = {
       if (ref.id) return UUID.test(ref.id) ? em.findOne(CloudResource, { id: ref.id }, opts) : null;
       if (ref.external_id) return em.findOne(CloudResource, { provider: ref.provider ?? "digitalocean", external_id: String(ref.external_id) }, opts);
       throw invalid("Give the resource's 'id' or its 'external_id'", [{ field: "id", type: "required" }]);
+    },
+
+    /** A resource not registered yet, inserted in one statement; null when (provider, external_id) exists. */
+    async insertNew(ctx: ActionCtx<unknown>, p: RegisterParams & { monthly_cost_cents: number; provider: string }): Promise<CloudResource | null> {
+      const now = new Date();
+      const [row] = await emOf(ctx).execute(
+        `insert into cloud_resources (id, provider, kind, external_id, name, region, size_slug, ipv4, status, tags, monthly_cost_cents, currency,
+           tenant_id, deployment_id, saga_id, inserted_at, updated_at, destroyed_at, version)
+         values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?::text[], ?, ?, ?, ?, ?, ?, ?, null, 1)
+         on conflict (provider, external_id) do nothing returning *`,
+        [randomUUID(), p.provider, p.kind ?? "droplet", String(p.external_id), p.name, p.region, p.size_slug, p.ipv4 ?? null, p.status ?? "new",
+          pgArray(p.tags ?? []), p.monthly_cost_cents, p.currency ?? "USD", p.tenant_id, p.deployment_id ?? null, p.saga_id ?? null, now, now],
+      );
+      return (row as CloudResource | undefined) ?? null;
     },
 
     async upsert(em: EntityManager, p: RegisterParams & { monthly_cost_cents: number; provider: string }) {

@@ -220,6 +220,17 @@ describe("revert", () => {
     expect((await atProvider(t.fqdn)).map((r) => r.data)).toEqual(["203.0.113.96"]);
     expect(await revert({ deployment_id: randomUUID() })).toEqual({ dns_record: null, changed: false });
   });
+
+  test("a name freed by another deployment's revert is taken over in one upsert (the reverted row goes)", async () => {
+    const first = target();
+    await point(first, "203.0.113.97");
+    const second = { ...first, deployment_id: randomUUID() };
+    await expect(point(second, "203.0.113.98")).rejects.toMatchObject({ code: 409, type: "DNS_NAME_TAKEN" });
+    await revert(first);
+    expect((await point(second, "203.0.113.98")).dns_record).toMatchObject({ deployment_id: second.deployment_id, status: "pointed", data: "203.0.113.98" });
+    const rows = (await pg.query("select deployment_id, status from dns_records where fqdn = $1", [first.fqdn])).rows;
+    expect(rows).toEqual([{ deployment_id: second.deployment_id, status: "pointed" }]);
+  });
 });
 
 describe("remove (decommission)", () => {

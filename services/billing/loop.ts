@@ -224,10 +224,11 @@ export const BillingLoopMixin: Partial<ServiceSchema<any>> = {
     /** The first invoice of a deployment's subscription, if it is billable now and has none yet. */
     async issueFirst(this: any, deploymentId: string): Promise<InvoiceDto | null> {
       const now: Date = await this.clock.now();
-      const { deployment } = (await this.callAsBilling("v1.deployments.find", { id: deploymentId })) as { deployment: Deployment };
-      if (!BILLED_STATES.has(deployment.state)) return null;
+      // The subscription first: most activations have none (no plan yet), and then the deployment is not read.
       const [sub] = (await this.callAsBilling("v1.subscriptions.billable", { deployment_ids: [deploymentId], limit: 1 })).items as BillableSubscription[];
       if (!sub) return null;
+      const { deployment } = (await this.callAsBilling("v1.deployments.find", { id: deploymentId })) as { deployment: Deployment };
+      if (!BILLED_STATES.has(deployment.state)) return null;
       const [{ n }] = await this.sql("select count(*)::int as n from invoices where subscription_id = ?", [sub.subscription_id]);
       if (n > 0) return null;
       const drafts = await this.draftsFor([sub], await this.observations([deploymentId]), now);

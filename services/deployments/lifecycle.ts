@@ -10,6 +10,8 @@ import { factsNeeded, mayOverrideBilling, refuseMove, type MoveFacts } from "../
 import { insertSagaRequest, requestedSaga, sagaForRequest, sweepRequests, type SagaKind, type SagaRequestRow, type StartDeps } from "./saga-requests";
 import { provisionInput } from "./provision-input";
 import { UUID } from "../../lib/params";
+import { isoSql } from "../../lib/dto";
+import { deploymentCols, deploymentRowDto } from "../deployments.service";
 
 export type { MoveFacts };
 
@@ -88,22 +90,32 @@ export const LifecycleMixin: Partial<ServiceSchema<any>> = {
       async handler(this: any, ctx: ActionCtx<SetRuntimeParams>) {
         const p = ctx.params;
         if (!UUID.test(p.id)) throw notFound("Deployment", p.id);
-        const d = await emOf(ctx).transactional(async (em) => {
-          const d = await em.findOne(Deployment, { id: p.id }, { lockMode: LockMode.PESSIMISTIC_WRITE });
-          if (!d) throw notFound("Deployment", p.id);
-          const before = JSON.stringify(this.runtimeOf(d));
-          d.runtime_status = p.status;
-          if (p.droplet_id !== undefined) d.runtime_droplet_id = p.droplet_id;
-          if (p.ipv4 !== undefined) d.runtime_ipv4 = p.ipv4;
-          if (p.hostname !== undefined) d.runtime_hostname = p.hostname;
-          if (JSON.stringify(this.runtimeOf(d)) === before) return { d, changed: false };
-          d.updated_at = new Date();
-          await em.flush();
-          await this.noteRuntime(em, d);
-          return { d, changed: true };
-        });
-        if (d.changed) await this.emitRuntime(ctx, d.d);
-        return { deployment: this.dto(d.d) };
+        // One statement (was a transaction of five): the update locks the row and changes it only when the runtime
+        // differs, and the same statement writes the change's outbox row (deployment_runtime_events), dated after
+        // the deployment's last move as noteRuntime dates it. No row back: unchanged (a retry) or absent.
+        const now = new Date();
+        const set: [string, unknown][] = [["runtime_status", p.status]];
+        if (p.droplet_id !== undefined) set.push(["runtime_droplet_id", p.droplet_id]);
+        if (p.ipv4 !== undefined) set.push(["runtime_ipv4", p.ipv4]);
+        if (p.hostname !== undefined) set.push(["runtime_hostname", p.hostname]);
+        const type = (c: string) => (c === "runtime_droplet_id" ? "bigint" : "text");
+        const [row] = await emOf(ctx).execute(
+          `with upd as (
+             update deployments set ${set.map(([c]) => `${c} = ?`).join(", ")}, updated_at = ?, version = version + 1
+             where id = ? and (${set.map(([c]) => c).join(", ")}, true) is distinct from (${set.map(([c]) => `cast(? as ${type(c)})`).join(", ")}, true)
+             returning *),
+           ev as (insert into deployment_runtime_events (deployment_id, tenant_id, status, droplet_id, ipv4, hostname, occurred_at)
+             select id, tenant_id, runtime_status, runtime_droplet_id, runtime_ipv4, runtime_hostname, greatest(cast(? as timestamptz), state_since + interval '1 millisecond') from upd
+             returning id, occurred_at)
+           select ${deploymentCols("upd")}, ev.id as event_id, ${isoSql("ev.occurred_at")} as event_at from upd, ev`,
+          [...set.map(([, v]) => v), now, p.id, ...set.map(([, v]) => v), now],
+        );
+        if (!row) return { deployment: await this.findVisible(ctx, p.id) };
+        const { event_id, event_at, ...cols } = row as any;
+        const deployment = deploymentRowDto(cols);
+        const payload: RuntimeChangedEvent = { deployment_id: deployment.id, tenant_id: deployment.tenant_id, runtime: deployment.runtime, occurred_at: event_at, event_id: Number(event_id) };
+        await ctx.emit("deployments.runtime_changed", payload);
+        return { deployment };
       },
     },
 
@@ -303,8 +315,8 @@ export const LifecycleMixin: Partial<ServiceSchema<any>> = {
     },
 
     /** The saga of a committed request: started now if the engine answers, else the requested saga (README). */
-    async sagaOf(ctx: ActionCtx<unknown>, request: SagaRequestRow) {
-      return sagaForRequest(this.startDeps(emOf(ctx), ctx), request);
+    async sagaOf(ctx: ActionCtx<unknown>, request: SagaRequestRow, first = false) {
+      return sagaForRequest(this.startDeps(emOf(ctx), ctx), request, first);
     },
 
     /**
@@ -342,8 +354,8 @@ export const LifecycleMixin: Partial<ServiceSchema<any>> = {
      * v1.subscriptions.dropletSpec, the region checked against that size. `planCode`: the plan a create subscribes
      * to in the same request (its subscription does not exist yet when the input is built).
      */
-    async provisionInputFor(ctx: ActionCtx<unknown>, d: DeploymentLike, target: "active" | "trial", planCode?: string) {
-      return provisionInput(ctx, d, target, planCode);
+    async provisionInputFor(ctx: ActionCtx<unknown>, d: DeploymentLike, target: "active" | "trial", planCode?: string, creating = false) {
+      return provisionInput(ctx, d, target, planCode, creating);
     },
   },
 

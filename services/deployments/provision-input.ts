@@ -88,14 +88,15 @@ interface DeploymentLike {
  * template version resolved now when the deployment names none, so the saga records which one it used), the
  * region checked against that size. Every start of a provision saga builds its input here. `planCode`: a create
  * that subscribes in the same request builds the input before its subscription exists; the plan's newest version
- * (the one the subscribe will bind) gives the size.
+ * (the one the subscribe will bind) gives the size. `creating`: the create's own call, for a deployment not committed
+ * yet, so dropletSpec skips the subscription look-up.
  */
-export async function provisionInput(ctx: ActionCtx<unknown>, d: DeploymentLike, targetState: "active" | "trial" = "active", planCode?: string): Promise<ProvisionInput> {
+export async function provisionInput(ctx: ActionCtx<unknown>, d: DeploymentLike, targetState: "active" | "trial" = "active", planCode?: string, creating = false): Promise<ProvisionInput> {
   const user = currentUser(ctx);
   const { fqdn } = await ask<{ fqdn: string }>(ctx, "v1.dns.nameFor", { slug: d.slug, tenant_id: d.tenant_id });
   const params: DropletSpecParams = {
     deployment_id: d.id, slug: d.slug, tenant_id: d.tenant_id, llm_mode: d.llm_mode, hostname: fqdn, template_code: d.template_code, template_version: d.template_version,
-    ...(planCode ? { plan_code: planCode } : {}),
+    ...(planCode ? { plan_code: planCode } : {}), ...(creating ? { creating: true } : {}),
   };
   const spec = await ask<DropletSpec>(ctx, "v1.subscriptions.dropletSpec", params);
   await checkRegion(ctx, d.region, spec.size);

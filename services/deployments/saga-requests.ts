@@ -71,9 +71,11 @@ export const refusedForGood = (err: any): boolean => err?.code === 422;
  * Starts the deployment's unacknowledged requests in order, stopping at the first that fails. Returns the saga
  * each started request got (by request id); a request not in the map was not started and stays for the sweep.
  */
-export async function startPending(deps: StartDeps, deploymentId: string): Promise<Map<string, unknown>> {
+export async function startPending(deps: StartDeps, deploymentId: string, first?: SagaRequestRow): Promise<Map<string, unknown>> {
   const started = new Map<string, unknown>();
-  const rows: SagaRequestRow[] = await deps.em.execute(
+  // `first`: the deployment's first request, written with its row (a create): nothing older can be pending, so it
+  // is started without reading the table. A newer move's request starts this one again first (idempotent by id).
+  const rows: SagaRequestRow[] = first ? [first] : await deps.em.execute(
     `select id, deployment_id, tenant_id, kind, input, requested_by, created_at from deployment_saga_requests where deployment_id = ? and started_at is null order by seq`,
     [deploymentId],
   );
@@ -116,11 +118,12 @@ export async function sweepRequests(deps: StartDeps, batch = 50): Promise<number
 
 /**
  * The saga a move answers with: what start returned, or the requested saga when start did not answer (or the
- * database could not be asked after the commit: the move stands, the sweep takes it from here).
+ * database could not be asked after the commit: the move stands, the sweep takes it from here). `first`: the request
+ * was written with the deployment itself (see startPending).
  */
-export async function sagaForRequest(deps: StartDeps, request: SagaRequestRow) {
+export async function sagaForRequest(deps: StartDeps, request: SagaRequestRow, first = false) {
   try {
-    const started = await startPending(deps, request.deployment_id);
+    const started = await startPending(deps, request.deployment_id, first ? request : undefined);
     if (started.has(request.id)) return started.get(request.id);
   } catch (err) {
     deps.logger.warn({ saga_id: request.id, deployment_id: request.deployment_id, err: (err as Error).message }, "saga start deferred to the sweep");

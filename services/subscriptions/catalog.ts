@@ -57,6 +57,8 @@ export interface DropletSpecParams {
   template_version?: string | number | null;
   /** Without a subscription yet: the plan the deployment is about to subscribe to (a create with plan_code). */
   plan_code?: string;
+  /** The deployment is being created (its row is not committed yet): it has no subscription to look up. */
+  creating?: boolean;
 }
 export interface DropletSpec {
   size: string;
@@ -101,14 +103,16 @@ function checkUserData(userData: string | null | undefined) {
 
 /** The template version a deployment names; null/absent = the newest. 422 naming the field that is wrong. */
 export async function resolveTemplate(em: EntityManager, code: string, version: string | number | null | undefined): Promise<TemplateVersion> {
-  const template = await em.findOne(Template, { code });
-  if (!template) throw invalid(`Unknown template '${code}'`, [{ field: "template_code", actual: code }]);
-  const v =
-    version == null
-      ? await em.findOne(TemplateVersion, { template_code: code }, { orderBy: { version: "desc" } })
-      : await em.findOne(TemplateVersion, { template_code: code, version: Number(version) });
-  if (!v) throw invalid(`Template '${code}' has no version ${version ?? ""}`.trim(), [{ field: "template_version", actual: version ?? null }]);
-  return v;
+  // One statement (a create and its provision input each resolve): the template and its version, or the newest.
+  const [row] = await em.execute(
+    `select t.code, v.id, v.template_code, v.version, v.image, v.user_data, v.inserted_at from templates t
+     left join lateral (select * from template_versions where template_code = t.code ${version == null ? "" : "and version = ?"} order by version desc limit 1) v on true
+     where t.code = ?`,
+    version == null ? [code] : [Number(version), code],
+  );
+  if (!row) throw invalid(`Unknown template '${code}'`, [{ field: "template_code", actual: code }]);
+  if (row.id == null) throw invalid(`Template '${code}' has no version ${version ?? ""}`.trim(), [{ field: "template_version", actual: version ?? null }]);
+  return { id: row.id, template_code: row.template_code, version: Number(row.version), image: row.image, user_data: row.user_data ?? null, inserted_at: new Date(row.inserted_at) } as TemplateVersion;
 }
 
 /** A size slug the provider offers (through inventory's cached size list), else 422 naming `droplet_size`. */
@@ -194,13 +198,14 @@ export const CatalogMixin: Partial<ServiceSchema> = {
         template_code: { type: "string", min: 1, max: 100 },
         template_version: TEMPLATE_VERSION,
         plan_code: { type: "string", min: 1, max: 64, optional: true },
+        creating: { type: "boolean", optional: true },
       },
       async handler(ctx: ActionCtx<DropletSpecParams>): Promise<DropletSpec> {
         const user = currentUser(ctx);
         const p = ctx.params;
         if (!visibleTo(user, p.tenant_id)) throw notFound("Deployment", p.deployment_id);
         const em = emOf(ctx);
-        const [sub, template] = await Promise.all([em.findOne(Subscription, { deployment_id: p.deployment_id }), resolveTemplate(em, p.template_code, p.template_version)]);
+        const [sub, template] = await Promise.all([p.creating ? null : em.findOne(Subscription, { deployment_id: p.deployment_id }), resolveTemplate(em, p.template_code, p.template_version)]);
         const planVersion = sub
           ? await em.findOne(PlanVersion, { id: sub.plan_version_id })
           : p.plan_code ? await em.findOne(PlanVersion, { plan_code: p.plan_code }, { orderBy: { version: "desc" } }) : null;
