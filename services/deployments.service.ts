@@ -11,6 +11,7 @@ import { conflict, forbidden, invalid, invalidTransition, mapDbError, notFound }
 import { canTransition } from "../lib/lifecycle";
 import { keysetBefore, pageOf } from "../lib/pagination";
 import { iso, isoSql, type Page } from "../lib/dto";
+import { Batcher } from "../lib/batch";
 import { logFields } from "../lib/log-context";
 import { DeploymentFeedMixin } from "./deployments/feed";
 import { LifecycleMixin, type MoveFacts } from "./deployments/lifecycle";
@@ -335,6 +336,10 @@ const DeploymentsService: ServiceSchema<any> = {
    * and marks the row; the sweep publishes rows a crash left unmarked (consumers dedupe by event.id).
    */
   started() {
+    // The publish marks of concurrent moves share one statement (lib/batch.ts): one commit per batch, not per event.
+    this.publishMarks = new Batcher<number>((ids) =>
+      this.orm.em.fork().getConnection().execute("update deployment_events set published_at = now() where id = any(?::bigint[]) and published_at is null", [`{${ids.join(",")}}`]).then(() => undefined),
+    );
     const every = Number(this.settings.eventSweepMs);
     if (every > 0) this.eventSweep = setInterval(() => this.publishLeftovers().catch((err: Error) => this.logger.warn({ err: err.message }, "event sweep failed")), every);
   },
@@ -366,7 +371,7 @@ const DeploymentsService: ServiceSchema<any> = {
       const e = payload.event;
       this.logger.info({ ...logFields(ctx), deployment_id: e.deployment_id, tenant_id: payload.deployment.tenant_id, from_state: e.from_state, to_state: e.to_state, actor: e.actor }, name);
       await ctx.emit(name, payload);
-      await emOf(ctx).getConnection().execute("update deployment_events set published_at = now() where id = ? and published_at is null", [payload.event.id]);
+      await this.publishMarks.add(payload.event.id);
     },
 
     /** Unpublished events older than the sweep period: claimed with skip locked so two nodes never send one twice. */
