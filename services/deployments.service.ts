@@ -371,7 +371,9 @@ const DeploymentsService: ServiceSchema<any> = {
       const e = payload.event;
       this.logger.info({ ...logFields(ctx), deployment_id: e.deployment_id, tenant_id: payload.deployment.tenant_id, from_state: e.from_state, to_state: e.to_state, actor: e.actor }, name);
       await ctx.emit(name, payload);
-      await this.publishMarks.add(payload.event.id);
+      // Not awaited: the mark only spares the sweep a re-send (consumers dedupe by event id), so the move's caller
+      // does not wait for it, and a mark that fails leaves the row to the sweep instead of failing a committed move.
+      this.publishMarks.add(payload.event.id).catch((err: Error) => this.logger.warn({ event_id: payload.event.id, err: err.message }, "publish mark failed; the sweep will re-send"));
     },
 
     /** Unpublished events older than the sweep period: claimed with skip locked so two nodes never send one twice. */
