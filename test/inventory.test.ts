@@ -238,6 +238,10 @@ describe("GET /api/v1/inventory", () => {
     const dep = randomUUID();
     const ids: string[] = [];
     for (let i = 0; i < 7; i++) {
+      // inserted_at has millisecond precision and ties page by id: each row gets its own millisecond, so "newest
+      // first" is the order they were registered in (a first register is one statement and can take under 1 ms).
+      const t = Date.now();
+      while (Date.now() === t) await new Promise((r) => setImmediate(r));
       const { resource } = await register(droplet(tenant, { status: i < 2 ? "active" : "new", deployment_id: i % 3 === 0 ? dep : null }));
       ids.push(resource.id);
     }
