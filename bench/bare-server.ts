@@ -24,7 +24,7 @@ const ISO = (col: string) => `to_char(${col} at time zone 'UTC', 'YYYY-MM-DD"T"H
 const DEPLOYMENT = `select id, tenant_id, slug, display_name, region, state, ${ISO("state_since")} as state_since, llm_mode, billing_action_suspended,
   template_code, template_version, ${ISO("inserted_at")} as inserted_at, ${ISO("updated_at")} as updated_at, ${ISO("trial_ends_at")} as trial_ends_at,
   json_build_object('status', runtime_status, 'droplet_id', runtime_droplet_id::float8, 'ipv4', runtime_ipv4, 'hostname', runtime_hostname) as runtime from deployments`;
-/** The newest saga request not started yet, shown as the deployment's saga (as deployments' pendingSaga does). */
+/** The newest saga request not started yet, shown as the deployment's saga (as GET /deployments/:id's statement in deployments.service reads it). */
 const PENDING_SAGA = `select id, kind, deployment_id, tenant_id, 'running' as status, '[]'::json as steps, ${ISO("created_at")} as started_at, null as finished_at, null as error
   from deployment_saga_requests where deployment_id = $1 and started_at is null and next_attempt_at <> 'infinity' order by seq desc limit 1`;
 const EVENTS = `select id::float8 as id, deployment_id, from_state, to_state, reason, actor, notes, ${ISO("occurred_at")} as occurred_at

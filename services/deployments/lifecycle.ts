@@ -7,7 +7,7 @@ import { emOf } from "../../lib/db";
 import { conflict, forbidden, invalid, invalidTransition, notFound } from "../../lib/errors";
 import { hasLiveDroplet, lifecycleEffect, RUNTIME_STATUSES, runtimeWhile, type RuntimeStatus } from "../../lib/lifecycle";
 import { factsNeeded, mayOverrideBilling, refuseMove, type MoveFacts } from "../../lib/move-rules";
-import { insertSagaRequest, requestedSaga, sagaForRequest, sweepRequests, type SagaKind, type SagaRequestRow, type StartDeps } from "./saga-requests";
+import { insertSagaRequest, sagaForRequest, sweepRequests, type SagaKind, type SagaRequestRow, type StartDeps } from "./saga-requests";
 import { provisionInput } from "./provision-input";
 import { UUID } from "../../lib/params";
 import { isoSql } from "../../lib/dto";
@@ -333,16 +333,6 @@ export const LifecycleMixin: Partial<ServiceSchema<any>> = {
       await this.transition(ctx, { id: r.deployment_id, to_state: "cancelled", reason: "provisioning_refused", notes: `saga ${r.id}: ${err.message}`.slice(0, 2000), actor: r.requested_by ?? undefined }, true).catch((e: Error) =>
         this.logger.error({ deployment_id: r.deployment_id, err: e.message }, "could not cancel a deployment whose provisioning was refused"),
       );
-    },
-
-    /** The newest saga request not started yet (it is newer than any saga the engine has): shown as requested. */
-    async pendingSaga(ctx: ActionCtx<unknown>, deploymentId: string) {
-      const [r] = await emOf(ctx).execute(
-        `select id, deployment_id, tenant_id, kind, input, requested_by, created_at from deployment_saga_requests
-         where deployment_id = ? and started_at is null and next_attempt_at <> 'infinity' order by seq desc limit 1`,
-        [deploymentId],
-      );
-      return r ? requestedSaga(r as unknown as SagaRequestRow) : null;
     },
 
     trialEndsAt(ctx: ActionCtx<unknown>) {

@@ -72,11 +72,6 @@ export async function ingestBatch(em: EntityManager, batch: Mapped[]): Promise<I
   return out;
 }
 
-/** One event: a batch of one. */
-export async function ingest(em: EntityManager, m: Mapped): Promise<IngestResult> {
-  return (await ingestBatch(em, [m]))[0];
-}
-
 /**
  * Whether a failed batch is worth taking in again one event at a time: the server refused the statement (one
  * event's bad value — say a deployment id that is not a UUID — fails the whole batch), as opposed to the database
