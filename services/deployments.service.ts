@@ -10,7 +10,7 @@ import { compensationHandler } from "../lib/compensation";
 import { conflict, forbidden, invalid, invalidTransition, mapDbError, notFound } from "../lib/errors";
 import { canTransition } from "../lib/lifecycle";
 import { keysetBefore, pageOf } from "../lib/pagination";
-import { iso, isoSql, type Page } from "../lib/dto";
+import { iso, isoSql, pgArray, type Page } from "../lib/dto";
 import { Batcher } from "../lib/batch";
 import { logFields } from "../lib/log-context";
 import { DeploymentFeedMixin } from "./deployments/feed";
@@ -338,7 +338,7 @@ const DeploymentsService: ServiceSchema<any> = {
   started() {
     // The publish marks of concurrent moves share one statement (lib/batch.ts): one commit per batch, not per event.
     this.publishMarks = new Batcher<number>((ids) =>
-      this.orm.em.fork().getConnection().execute("update deployment_events set published_at = now() where id = any(?::bigint[]) and published_at is null", [`{${ids.join(",")}}`]).then(() => undefined),
+      this.orm.em.fork().getConnection().execute("update deployment_events set published_at = now() where id = any(?::bigint[]) and published_at is null", [pgArray(ids)]).then(() => undefined),
     );
     const every = Number(this.settings.eventSweepMs);
     if (every > 0) this.eventSweep = setInterval(() => this.publishLeftovers().catch((err: Error) => this.logger.warn({ err: err.message }, "event sweep failed")), every);

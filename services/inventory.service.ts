@@ -8,7 +8,7 @@ import { DbMixin, emOf } from "../lib/db";
 import { currentUser, listTenant, requireOperator, systemUser, visibleTo, type ActionCtx } from "../lib/access";
 import { conflict, invalid, mapDbError, notFound } from "../lib/errors";
 import { keysetBeforeWhere, pageOf } from "../lib/pagination";
-import type { Page } from "../lib/dto";
+import { pgArray, type Page } from "../lib/dto";
 import { catalogTtlMs, doClientFrom, provider, SizeCache, TtlCache } from "../lib/provider";
 import type { CreateDropletInput, CreateDropletResult, Droplet, Region } from "../lib/digitalocean";
 import { compensationHandler } from "../lib/compensation";
@@ -28,8 +28,6 @@ export type { DriftActionDto, DriftActionParams, DriftDifference, DriftEntry, Dr
 const IPV4 = "^(25[0-5]|2[0-4]\\d|1\\d\\d|[1-9]?\\d)(\\.(25[0-5]|2[0-4]\\d|1\\d\\d|[1-9]?\\d)){3}$";
 /** Statuses a provider reports; `destroyed` is ours and only markDestroyed sets it. */
 const LIVE_STATUSES = RESOURCE_STATUSES.filter((s) => s !== "destroyed");
-/** A text[] literal for a bound parameter ({"a","b"}, quotes and backslashes escaped). */
-const pgArray = (xs: string[]) => `{${xs.map((x) => `"${x.replace(/\\/g, "\\\\").replace(/"/g, '\\"')}"`).join(",")}}`;
 
 const REF_PARAMS = {
   id: { ...UUID_PARAM, optional: true },

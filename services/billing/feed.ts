@@ -3,7 +3,8 @@ import { emOf } from "../../lib/db";
 import type { ActionCtx } from "../../lib/access";
 import { isoSql } from "../../lib/dto";
 import { feedParams } from "../../lib/params";
-import { invoiceEventId, pgArray, readInvoices, type InvoiceDto } from "./invoices";
+import { invoiceEventId, readInvoices, type InvoiceDto } from "./invoices";
+import { pgArray } from "../../lib/dto";
 
 export interface InvoiceEventsSinceParams {
   since: string;

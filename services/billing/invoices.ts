@@ -65,8 +65,6 @@ export async function readInvoices(em: EntityManager, tail: string, args: unknow
   return rows.map((r: any) => invoiceDto(r, typeof r.lines === "string" ? JSON.parse(r.lines) : r.lines));
 }
 
-/** A PostgreSQL array literal of uuids or integers (values we produced ourselves, never user text). */
-export const pgArray = (values: (string | number)[]) => `{${values.join(",")}}`;
 
 /**
  * A statement with bound parameters ($1, $2, …) on the ORM's own pool. MikroORM's execute() inlines parameters into

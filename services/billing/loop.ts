@@ -7,7 +7,8 @@ import type { DeploymentDto } from "../deployments.service";
 import { onEmbeddedDatabase } from "../../lib/db";
 import { clockFor, type BillingClock } from "./clock";
 import { planMoves, type BillingPolicy, type PlannedMove } from "./dunning";
-import { insertInvoices, invoiceEventId, pgArray, readInvoices, type InvoiceDto, type IssuedInvoice } from "./invoices";
+import { insertInvoices, invoiceEventId, readInvoices, type InvoiceDto, type IssuedInvoice } from "./invoices";
+import { pgArray } from "../../lib/dto";
 import { DAY_MS, draftInvoice, periodOf, type BillableSubscription, type InvoiceDraft } from "./pricing";
 
 /**
